@@ -1,0 +1,47 @@
+"""Test harness: `async def` tests run on a fresh event loop (uvloop when installed) with a deadline.
+
+No pytest-asyncio: one small hook keeps every async test bounded in time, so a bug shows as a failure
+that names the test instead of a hung suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+
+import pytest
+
+from socketkit.net.loop import new_event_loop
+
+ASYNC_TEST_TIMEOUT = float(os.environ.get("SOCKETKIT_TEST_TIMEOUT", "30"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function):
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    loop = new_event_loop(os.environ.get("SOCKETKIT_TEST_LOOP"))
+    try:
+        async def bounded():
+            async with asyncio.timeout(ASYNC_TEST_TIMEOUT):
+                await pyfuncitem.obj(**kwargs)
+
+        loop.run_until_complete(bounded())
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+    return True
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if inspect.iscoroutinefunction(getattr(item, "obj", None)):
+            item.add_marker(pytest.mark.asyncio_native)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "asyncio_native: async test run by socketkit's conftest")
