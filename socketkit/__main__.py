@@ -1,0 +1,3 @@
+from socketkit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,343 @@
+"""Servers: several listeners, one handler, one `Limits`, live counters and a graceful stop.
+
+Every connection's handler runs as a task in the server's TaskGroup, so stopping the server can never
+leak a task: `aclose()` stops accepting, gives open connections `drain` seconds to finish, then closes
+their streams and cancels what is left, and returns only when every handler has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+from socketkit.errors import ListenError
+from socketkit.net.endpoint import Endpoint, parse
+from socketkit.net.limits import Limits
+from socketkit.net.stream import Stream, StreamProtocol
+
+log = logging.getLogger("socketkit.server")
+Handler = Callable[[Stream], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Stats:
+    """A snapshot of a server's counters."""
+
+    open: int = 0
+    accepted: int = 0
+    refused: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    errors: int = 0
+    idle_closed: int = 0
+
+
+class _ServerProtocol(StreamProtocol):
+    __slots__ = ("server",)
+
+    def __init__(self, stream: Stream, server: Server) -> None:
+        super().__init__(stream)
+        self.server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.stream._attach(transport)  # type: ignore[arg-type]
+        self.server._accepted(self.stream)
+
+
+class Server:
+    """Listeners on one or more endpoints, all feeding one handler. Use `start_server()` to make one."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str | Endpoint],
+        handler: Handler,
+        *,
+        limits: Limits | None = None,
+        refuse_message: bytes | None = None,
+        name: str = "server",
+        sockets: Sequence[socket.socket] = (),
+        reuse_port: bool = False,
+    ) -> None:
+        self.requested = [parse(e) for e in endpoints]
+        self.handler = handler
+        self.limits = limits or Limits()
+        self.refuse_message = refuse_message
+        self.name = name
+        self.reuse_port = reuse_port
+        self._inherited = list(sockets)
+        self._endpoints: list[Endpoint] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self._streams: dict[Stream, asyncio.Task[None]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._stop: asyncio.Event | None = None
+        self._accepting = False
+        self._closed_in = 0
+        self._closed_out = 0
+        self.accepted = 0
+        self.refused = 0
+        self.errors = 0
+        self.idle_closed = 0
+
+    # -- counters -------------------------------------------------------------------------------
+    @property
+    def stats(self) -> Stats:
+        live = list(self._streams)
+        return Stats(
+            open=len(live), accepted=self.accepted, refused=self.refused,
+            bytes_in=self._closed_in + sum(s.bytes_in for s in live),
+            bytes_out=self._closed_out + sum(s.bytes_out for s in live),
+            errors=self.errors, idle_closed=self.idle_closed,
+        )
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        """The endpoints really listening (port 0 replaced by the port the OS chose)."""
+        return list(self._endpoints)
+
+    @property
+    def streams(self) -> list[Stream]:
+        return list(self._streams)
+
+    # -- start ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        self._stop = asyncio.Event()
+        self._main = loop.create_task(self._run_group(ready), name=f"socketkit {self.name}")
+        await ready
+        try:
+            for ep in self.requested:
+                await self._listen(ep)
+            for sock in self._inherited:
+                await self._adopt(sock)
+        except BaseException:
+            await self.aclose(drain=0)
+            raise
+        self._accepting = True
+
+    async def _run_group(self, ready: asyncio.Future[None]) -> None:
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            ready.set_result(None)
+            sweeper = tg.create_task(self._sweep_idle()) if self.limits.idle_timeout is not None else None
+            await self._stop.wait()  # type: ignore[union-attr]
+            for task in self._streams.values():
+                task.cancel()
+            if sweeper is not None:
+                sweeper.cancel()
+
+    def _factory(self, ep: Endpoint) -> Callable[[], asyncio.Protocol]:
+        limits = self.limits
+
+        def make() -> asyncio.Protocol:
+            return _ServerProtocol(Stream(limits=limits, endpoint=ep), self)
+
+        return make
+
+    async def _listen(self, ep: Endpoint) -> None:
+        loop = asyncio.get_running_loop()
+        if ep.is_datagram:
+            raise ListenError("udp:// endpoints are served with socketkit.bind(), not serve()", endpoint=ep)
+        try:
+            if ep.is_unix:
+                path = ep.socket_path
+                if not ep.is_abstract:
+                    _remove_stale_socket(ep.path)  # type: ignore[arg-type]
+                srv = await loop.create_unix_server(self._factory(ep), path, backlog=2048,
+                                                    ssl=self._ssl(ep))
+                if ep.option("mode") and not ep.is_abstract:
+                    os.chmod(ep.path, int(ep.option("mode"), 8))  # type: ignore[arg-type]
+                self._servers.append(srv)
+                self._endpoints.append(ep)
+                return
+            srv = await loop.create_server(
+                self._factory(ep), ep.host, ep.port, backlog=2048, ssl=self._ssl(ep),
+                ssl_handshake_timeout=self.limits.handshake_timeout if ep.is_tls else None,
+                reuse_port=self.reuse_port or ep.flag("reuse_port"), reuse_address=True,
+            )
+        except OSError as e:
+            raise ListenError(f"cannot listen: {e.strerror or e}", endpoint=ep) from e
+        self._servers.append(srv)
+        # One Endpoint per bound socket: a host name may bind several addresses.
+        for sock in srv.sockets:
+            addr = sock.getsockname()
+            self._endpoints.append(Endpoint(ep.scheme, host=addr[0], port=addr[1], options=ep.options))
+
+    async def _adopt(self, sock: socket.socket) -> None:
+        """Serve on an already-bound listening socket (systemd socket activation, --workers)."""
+        loop = asyncio.get_running_loop()
+        if sock.family == socket.AF_UNIX:
+            ep = Endpoint("unix", path=sock.getsockname() or "@")
+            srv = await loop.create_unix_server(self._factory(ep), sock=sock, backlog=2048)
+        else:
+            host, port = sock.getsockname()[:2]
+            ep = Endpoint("tcp", host=host, port=port)
+            srv = await loop.create_server(self._factory(ep), sock=sock, backlog=2048)
+        self._servers.append(srv)
+        self._endpoints.append(ep)
+
+    def _ssl(self, ep: Endpoint):
+        if not ep.is_tls:
+            return None
+        from socketkit.net import tls
+
+        return tls.server_context(ep)
+
+    # -- connections ----------------------------------------------------------------------------
+    def _accepted(self, stream: Stream) -> None:
+        if not self._accepting or len(self._streams) >= self.limits.max_connections or self._tg is None:
+            self.refused += 1
+            if self.refuse_message and self._accepting:
+                stream._transport.write(self.refuse_message)
+            stream.close()
+            return
+        self.accepted += 1
+        self._streams[stream] = self._tg.create_task(self._serve_one(stream))
+
+    async def _serve_one(self, stream: Stream) -> None:
+        try:
+            await self.handler(stream)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not _is_disconnect(exc):
+                self.errors += 1
+                log.exception("%s: handler failed for %s", self.name, stream.peer)
+        finally:
+            stream.close()
+            self._streams.pop(stream, None)
+            self._closed_in += stream.bytes_in
+            self._closed_out += stream.bytes_out
+
+    async def _sweep_idle(self) -> None:
+        idle = self.limits.idle_timeout
+        assert idle is not None
+        tick = max(0.05, min(1.0, idle / 4))
+        seen: dict[Stream, tuple[int, int, float]] = {}
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            current: dict[Stream, tuple[int, int, float]] = {}
+            for s in self._streams:
+                moved = (s.bytes_in, s.bytes_out)
+                prev = seen.get(s)
+                since = prev[2] if prev is not None and prev[:2] == moved else now
+                if now - since >= idle:
+                    self.idle_closed += 1
+                    s.close()
+                    continue
+                current[s] = (*moved, since)
+            seen = current
+
+    # -- stop -----------------------------------------------------------------------------------
+    async def aclose(self, drain: float | None = None) -> None:
+        """Stop accepting; let handlers finish for `drain` seconds; then close and cancel the rest."""
+        drain = self.limits.drain_timeout if drain is None else drain
+        self._accepting = False
+        for srv in self._servers:
+            srv.close()
+        if self._streams and drain > 0:
+            await asyncio.wait(list(self._streams.values()), timeout=drain)
+        for stream in list(self._streams):
+            stream.close()
+        if self._stop is not None:
+            self._stop.set()
+        if self._main is not None:
+            try:
+                await self._main
+            except* Exception as group:
+                log.error("%s: stopped with errors: %s", self.name, group.exceptions)
+        for ep in self._endpoints:
+            if ep.is_unix and not ep.is_abstract and ep.path:
+                _remove_stale_socket(ep.path)
+        self._servers.clear()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def wait_stopped(self) -> None:
+        if self._main is not None:
+            await asyncio.shield(self._main)
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    from socketkit.errors import ClosedError, PeerResetError
+
+    return isinstance(exc, (PeerResetError, ClosedError, ConnectionError))
+
+
+def _remove_stale_socket(path: str) -> None:
+    import stat
+
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+async def start_server(
+    endpoints: str | Endpoint | Iterable[str | Endpoint],
+    handler: Handler,
+    **options: object,
+) -> Server:
+    """Open the listeners and start accepting; returns the running Server."""
+    if isinstance(endpoints, (str, Endpoint)):
+        endpoints = [endpoints]
+    server = Server(list(endpoints), handler, **options)  # type: ignore[arg-type]
+    await server.start()
+    return server
+
+
+async def serve(
+    endpoints: str | Endpoint | Iterable[str | Endpoint],
+    handler: Handler,
+    *,
+    ready: Callable[[Server], object] | None = None,
+    stop: asyncio.Event | None = None,
+    **options: object,
+) -> Server:
+    """Run a server until SIGINT/SIGTERM (or `stop` is set), then stop it gracefully.
+
+    A second signal during the drain closes the remaining connections at once.
+    """
+    server = await start_server(endpoints, handler, **options)
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    hurry = asyncio.Event()
+    installed = []
+
+    def on_signal() -> None:
+        (hurry if stop.is_set() else stop).set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread: the caller stops us through `stop`
+    try:
+        if ready is not None:
+            ready(server)
+        await stop.wait()
+        closing = asyncio.ensure_future(server.aclose())
+        hurried = asyncio.ensure_future(hurry.wait())
+        await asyncio.wait({closing, hurried}, return_when=asyncio.FIRST_COMPLETED)
+        if not closing.done():
+            await server.aclose(drain=0)
+            await closing
+        hurried.cancel()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    return server

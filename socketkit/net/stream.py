@@ -1,0 +1,490 @@
+"""`Stream`: a byte stream (TCP, TLS or Unix) built directly on an asyncio Protocol.
+
+Why not StreamReader/StreamWriter: they spend a coroutine on `drain()` after every write and keep two
+objects in step; here one small Protocol owns the buffer, the waiters and both directions of flow
+control, so an echo round trip costs one future and one task wake-up (bench/echo.py measures it).
+
+Flow control, both ways:
+- reading: past `limits.read_buffer` unread bytes we stop reading the socket (the kernel's window then
+  slows the peer down) and resume once the handler has taken half of it;
+- writing: `send` returns at once while the transport's buffer is under `limits.write_buffer`, and
+  waits for the peer to read when it is over, so a fast sender's memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from socketkit.errors import (
+    ClosedError,
+    DeadlineError,
+    IncompleteReadError,
+    LineTooLongError,
+    PeerResetError,
+    SocketkitError,
+    TLSError,
+)
+from socketkit.net.limits import Limits
+
+_DEFAULT_LIMITS = Limits()
+_RESET_ERRORS = (ConnectionError, BrokenPipeError, OSError)
+
+
+class StreamProtocol(asyncio.Protocol):
+    """The asyncio side of a Stream; user code only ever sees the Stream."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.stream._attach(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        s = self.stream
+        s._buf += data
+        s.bytes_in += len(data)
+        if len(s._buf) > s._high_read and not s._reading_paused:
+            s._reading_paused = True
+            s._transport.pause_reading()
+        w = s._read_waiter
+        if w is not None:
+            s._read_waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    def eof_received(self) -> bool:
+        s = self.stream
+        s._eof = True
+        s._wake_reader()
+        # Keep the socket open for writing (half-close); TLS cannot, and asyncio warns if asked.
+        return not s._is_tls
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stream._connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.stream._writing_paused = True
+
+    def resume_writing(self) -> None:
+        s = self.stream
+        s._writing_paused = False
+        w = s._drain_waiter
+        if w is not None:
+            s._drain_waiter = None
+            if not w.done():
+                w.set_result(None)
+
+
+class Stream:
+    """A connected byte stream. Made by `socketkit.connect()` or handed to a server's handler."""
+
+    def __init__(self, *, limits: Limits | None = None, endpoint: object | None = None) -> None:
+        limits = limits or _DEFAULT_LIMITS
+        self.limits = limits
+        self.endpoint = endpoint
+        self.protocol = StreamProtocol(self)
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._buf = bytearray()
+        self._high_read = limits.read_buffer
+        self._reading_paused = False
+        self._writing_paused = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._closed_waiter: asyncio.Future[None] | None = None
+        self._eof = False
+        self._eof_sent = False
+        self._closing = False       # we asked to close
+        self._lost = False          # the transport is gone
+        self._error: BaseException | None = None
+        self._is_tls = False
+        self._deadline: float | None = None
+        self._deadline_seconds: float | None = None
+        self._receiving = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # -- protocol callbacks -------------------------------------------------------------------
+    def _attach(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._is_tls = transport.get_extra_info("ssl_object") is not None
+        transport.set_write_buffer_limits(high=self.limits.write_buffer)
+
+    def _wake_reader(self) -> None:
+        w = self._read_waiter
+        if w is not None:
+            self._read_waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if exc is not None and self._error is None and not self._closing:
+            self._error = exc
+        self._eof = True
+        self._wake_reader()
+        w = self._drain_waiter
+        if w is not None:
+            self._drain_waiter = None
+            if not w.done():
+                w.set_result(None)
+        w = self._closed_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # -- addresses and details -------------------------------------------------------------------
+    @property
+    def local(self) -> Any:
+        return self._transport.get_extra_info("sockname")
+
+    @property
+    def peer(self) -> Any:
+        return self._transport.get_extra_info("peername")
+
+    @property
+    def tls(self):
+        """TLS details (version, cipher, ALPN, verified peer certificate), or None for plain streams."""
+        obj = self._transport.get_extra_info("ssl_object") if self._transport else None
+        if obj is None:
+            return None
+        from socketkit.net import tls
+
+        return tls.info(obj)
+
+    @property
+    def closed(self) -> bool:
+        return self._closing or self._lost
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof and not self._buf
+
+    def extra(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    # -- errors ---------------------------------------------------------------------------------
+    def _failure(self) -> SocketkitError:
+        if self._closing:
+            return ClosedError("stream is closed", endpoint=self.endpoint)
+        exc = self._error
+        if isinstance(exc, ssl.SSLError):
+            err: SocketkitError = TLSError(f"TLS failure: {exc.reason or exc}", endpoint=self.endpoint)
+        else:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or "closed")
+            err = PeerResetError(f"connection reset by peer ({why})", endpoint=self.endpoint)
+        err.__cause__ = exc
+        return err
+
+    # -- deadlines ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """Every receive/send inside the block must finish within `seconds` from now, in total."""
+        previous, previous_seconds = self._deadline, self._deadline_seconds
+        when = self._loop.time() + seconds
+        if previous is None or when < previous:
+            self._deadline, self._deadline_seconds = when, seconds
+        try:
+            yield
+        finally:
+            self._deadline, self._deadline_seconds = previous, previous_seconds
+
+    def _when(self, timeout: float | None) -> tuple[float | None, float | None]:
+        when, seconds = self._deadline, self._deadline_seconds
+        if timeout is not None:
+            mine = self._loop.time() + timeout
+            if when is None or mine < when:
+                when, seconds = mine, timeout
+        return when, seconds
+
+    async def _wait(self, fut: asyncio.Future[None], timeout: float | None, what: str) -> None:
+        when, seconds = self._when(timeout)
+        if when is None:
+            await fut
+            return
+        handle = self._loop.call_at(when, _expire, fut, seconds, what, self.endpoint)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+
+    # -- receiving ------------------------------------------------------------------------------
+    async def _fill(self, timeout: float | None) -> None:
+        """Wait until more bytes arrive (or EOF / error)."""
+        if self._read_waiter is not None:
+            raise RuntimeError("another task is already receiving on this stream")
+        if self._closing:
+            raise self._failure()
+        if self._reading_paused:
+            # The caller wants more than is buffered (a long line): let it come.
+            self._reading_paused = False
+            self._transport.resume_reading()
+        fut = self._loop.create_future()
+        self._read_waiter = fut
+        try:
+            await self._wait(fut, timeout, "receive")
+        finally:
+            self._read_waiter = None
+
+    def _consumed(self) -> None:
+        if self._reading_paused and len(self._buf) <= self._high_read // 2 and not self._lost:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    async def receive(self, max_bytes: int = 65536, *, timeout: float | None = None) -> bytes:
+        """Up to `max_bytes` bytes as soon as any are there; b"" at end of stream."""
+        buf = self._buf
+        if not buf:
+            if self._eof:
+                if self._error is not None or self._closing:
+                    raise self._failure()
+                return b""
+            await self._fill(timeout)
+            if not buf:
+                if self._error is not None or self._closing:
+                    raise self._failure()
+                return b""
+        if len(buf) <= max_bytes:
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:max_bytes])
+            del buf[:max_bytes]
+        if self._reading_paused:
+            self._consumed()
+        return data
+
+    async def receive_exactly(self, n: int, *, timeout: float | None = None) -> bytes:
+        """Exactly `n` bytes; IncompleteReadError (with what did arrive) if the stream ends first."""
+        when, seconds = self._when(timeout)
+        with self._deadline_at(when, seconds):
+            while len(self._buf) < n:
+                if self._eof:
+                    if self._error is not None or self._closing:
+                        raise self._failure()
+                    partial = bytes(self._buf)
+                    self._buf.clear()
+                    raise IncompleteReadError(
+                        f"stream ended after {len(partial)} of {n} bytes", partial=partial, endpoint=self.endpoint
+                    )
+                await self._fill(None)
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        self._consumed()
+        return data
+
+    async def receive_until(
+        self, delimiter: bytes = b"\n", max_size: int | None = None, *, timeout: float | None = None
+    ) -> bytes:
+        """Bytes up to and including `delimiter`; LineTooLongError if none within `max_size` bytes.
+
+        At end of stream, what is left (without delimiter) raises IncompleteReadError carrying it.
+        """
+        if not delimiter:
+            raise ValueError("delimiter must not be empty")
+        max_size = max_size or self.limits.max_line
+        buf = self._buf
+        start = 0
+        when, seconds = self._when(timeout)
+        with self._deadline_at(when, seconds):
+            while True:
+                i = buf.find(delimiter, start)
+                if i >= 0:
+                    end = i + len(delimiter)
+                    if end > max_size:
+                        break
+                    data = bytes(buf[:end])
+                    del buf[:end]
+                    self._consumed()
+                    return data
+                if len(buf) >= max_size:
+                    break
+                start = max(0, len(buf) - len(delimiter) + 1)
+                if self._eof:
+                    if self._error is not None or self._closing:
+                        raise self._failure()
+                    partial = bytes(buf)
+                    buf.clear()
+                    raise IncompleteReadError(
+                        f"stream ended before {delimiter!r} ({len(partial)} bytes pending)",
+                        partial=partial, endpoint=self.endpoint,
+                    )
+                await self._fill(None)
+        raise LineTooLongError(
+            f"no {delimiter!r} within {max_size} bytes", limit="max_line", value=max_size, endpoint=self.endpoint
+        )
+
+    @contextlib.contextmanager
+    def _deadline_at(self, when: float | None, seconds: float | None) -> Iterator[None]:
+        previous = self._deadline, self._deadline_seconds
+        self._deadline, self._deadline_seconds = when, seconds
+        try:
+            yield
+        finally:
+            self._deadline, self._deadline_seconds = previous
+
+    async def lines(self, delimiter: bytes = b"\n", max_size: int | None = None) -> AsyncIterator[bytes]:
+        """Each line with its delimiter; a last unterminated line is yielded as it is."""
+        while True:
+            try:
+                yield await self.receive_until(delimiter, max_size)
+            except IncompleteReadError as e:
+                if e.partial:
+                    yield e.partial
+                return
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        receive = self.receive
+        while True:
+            data = await receive()
+            if not data:
+                return
+            yield data
+
+    def unreceive(self, data: bytes) -> None:
+        """Put bytes back in front of the buffer (a protocol that read ahead of a handover)."""
+        self._buf[:0] = data
+
+    # -- sending --------------------------------------------------------------------------------
+    async def send(self, data: bytes | bytearray | memoryview, *, timeout: float | None = None) -> None:
+        """Queue `data`; wait while the peer reads slower than we write."""
+        if self._lost or self._closing:
+            raise self._failure()
+        if self._eof_sent:
+            raise ClosedError("send after send_eof()", endpoint=self.endpoint)
+        self._transport.write(data)
+        self.bytes_out += len(data)
+        if self._writing_paused:
+            await self._drain(timeout)
+
+    async def _drain(self, timeout: float | None) -> None:
+        while self._writing_paused and not self._lost:
+            fut = self._loop.create_future()
+            self._drain_waiter = fut
+            try:
+                await self._wait(fut, timeout, "send")
+            finally:
+                self._drain_waiter = None
+        if self._lost and self._error is not None:
+            raise self._failure()
+
+    def send_nowait(self, data: bytes) -> None:
+        """Queue without waiting; for protocol code that checks `writing_paused` itself."""
+        if self._lost or self._closing:
+            raise self._failure()
+        self._transport.write(data)
+        self.bytes_out += len(data)
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._writing_paused
+
+    @property
+    def write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() if self._transport else 0
+
+    async def send_eof(self) -> None:
+        """Half-close: tell the peer we will send no more; we can still receive."""
+        if self._eof_sent:
+            return
+        if self._is_tls or not self._transport.can_write_eof():
+            raise SocketkitError("this stream cannot half-close (TLS has no half-close)", endpoint=self.endpoint)
+        if self._lost or self._closing:
+            raise self._failure()
+        self._eof_sent = True
+        self._transport.write_eof()
+
+    # -- TLS upgrade ----------------------------------------------------------------------------
+    async def start_tls(
+        self,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Upgrade this live stream to TLS (STARTTLS). Unread plaintext is refused: an attacker could
+        have injected it before the handshake (the classic STARTTLS command-injection flaw)."""
+        if self._is_tls:
+            raise TLSError("stream is already TLS", endpoint=self.endpoint)
+        if self._buf:
+            raise TLSError(
+                f"{len(self._buf)} bytes of plaintext arrived after STARTTLS and before the handshake",
+                endpoint=self.endpoint,
+            )
+        if self._lost or self._closing:
+            raise self._failure()
+        try:
+            transport = await self._loop.start_tls(
+                self._transport, self.protocol, context, server_side=server_side,
+                server_hostname=server_hostname if not server_side else None,
+                ssl_handshake_timeout=timeout or self.limits.handshake_timeout,
+            )
+        except ssl.SSLError as e:
+            self._transport.abort()
+            raise TLSError(f"TLS handshake failed: {e.reason or e}", endpoint=self.endpoint) from e
+        except (TimeoutError, asyncio.TimeoutError) as e:
+            self._transport.abort()
+            raise DeadlineError("TLS handshake timed out", seconds=timeout, endpoint=self.endpoint) from e
+        except OSError as e:
+            self._transport.abort()
+            raise PeerResetError(f"connection lost during TLS handshake ({e})", endpoint=self.endpoint) from e
+        if transport is None:
+            raise PeerResetError("connection lost during TLS handshake", endpoint=self.endpoint)
+        self._transport = transport
+        self._is_tls = True
+        transport.set_write_buffer_limits(high=self.limits.write_buffer)
+
+    # -- closing --------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close after flushing what was sent. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._transport is not None and not self._lost:
+            self._transport.close()
+        self._wake_reader()
+
+    def abort(self) -> None:
+        """Close at once, dropping unsent data (the peer sees a reset). Idempotent."""
+        self._closing = True
+        if self._transport is not None and not self._lost:
+            self._transport.abort()
+        self._wake_reader()
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Close and wait (bounded) until the connection is really gone."""
+        self.close()
+        if self._lost or self._transport is None:
+            return
+        if self._closed_waiter is None:
+            self._closed_waiter = self._loop.create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._closed_waiter)
+        except TimeoutError:
+            self._transport.abort()
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Stream {self.endpoint or ''} {state} in={self.bytes_in} out={self.bytes_out}>"
+
+
+def _expire(fut: asyncio.Future[None], seconds: float | None, what: str, endpoint: object) -> None:
+    if not fut.done():
+        fut.set_exception(DeadlineError(f"{what} did not finish within {seconds:g}s", seconds=seconds,
+                                        endpoint=endpoint))

@@ -1,0 +1,106 @@
+"""`socketkit up`: every service in one process, on unprivileged default ports, for a first look.
+
+Each service registers a `Service` here; `up` starts them all, prints what listens where, and stops them
+together on Ctrl-C. Services added later (web, mail, chat) append themselves to SERVICES.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TextIO
+
+from socketkit.console import echo_handler
+from socketkit.net.limits import Limits
+from socketkit.net.server import Server, start_server
+
+
+@dataclasses.dataclass
+class Running:
+    name: str
+    description: str
+    servers: list[Server]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [str(ep) for s in self.servers for ep in s.endpoints]
+
+
+@dataclasses.dataclass
+class Service:
+    name: str
+    description: str
+    start: Callable[["UpContext"], Awaitable[list[Server]]]
+
+
+@dataclasses.dataclass
+class UpContext:
+    host: str = "127.0.0.1"
+    limits: Limits = dataclasses.field(default_factory=Limits)
+    running: list[Running] = dataclasses.field(default_factory=list)
+    overrides: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    def listen(self, service: str, default: str) -> list[str]:
+        return self.overrides.get(service) or [default]
+
+
+async def _start_echo(ctx: UpContext) -> list[Server]:
+    return [await start_server(ctx.listen("echo", f"tcp://{ctx.host}:7007"), echo_handler, limits=ctx.limits,
+                               name="echo")]
+
+
+SERVICES: list[Service] = [
+    Service("echo", "echo service (RFC 862 style): what you send comes back", _start_echo),
+]
+
+
+async def start_all(ctx: UpContext, only: set[str] | None = None) -> list[Running]:
+    try:
+        for svc in SERVICES:
+            if only and svc.name not in only:
+                continue
+            servers = await svc.start(ctx)
+            ctx.running.append(Running(svc.name, svc.description, servers))
+    except BaseException:
+        await stop_all(ctx)
+        raise
+    return ctx.running
+
+
+async def stop_all(ctx: UpContext, drain: float | None = None) -> None:
+    for running in reversed(ctx.running):
+        for server in running.servers:
+            await server.aclose(drain=drain)
+    ctx.running.clear()
+
+
+def describe(running: list[Running], out: TextIO) -> None:
+    out.write("socketkit is up:\n")
+    for r in running:
+        out.write(f"  {r.name:<8} {', '.join(r.endpoints):<40} {r.description}\n")
+    out.write("Press Ctrl-C to stop.\n")
+    out.flush()
+
+
+async def run_up(ctx: UpContext, *, only: set[str] | None = None, out: TextIO = sys.stdout,
+                 stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    await start_all(ctx, only)
+    describe(ctx.running, out)
+    try:
+        await stop.wait()
+    finally:
+        out.write("stopping...\n")
+        out.flush()
+        await stop_all(ctx)
+        out.write("stopped.\n")
+        out.flush()
