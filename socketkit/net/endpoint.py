@@ -30,7 +30,7 @@ _OPTIONS: dict[str, dict[str, dict[str, str] | None]] = {
     "unix": {"mode": None},
 }
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?$")
-_PIN = re.compile(r"^sha256:[0-9a-f]{64}$")
+_PIN = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,7 +100,8 @@ class Endpoint:
         else:
             host = self.host or ""
             if ":" in host:
-                host = "[" + host.replace("%", "%25") + "]"
+                # The zone id after '%' may hold any character parse() unquoted; escape it all again.
+                host = "[" + quote(host, safe=":") + "]"
             text = f"{self.scheme}://{host}:{self.port}"
         if self.options:
             text += "?" + "&".join(f"{k}={quote(v, safe='/:.,_-~@')}" for k, v in self.options)
@@ -119,6 +120,12 @@ def parse(text: "str | Endpoint") -> Endpoint:
         raise EndpointError(repr(text), "type", f"expected a URL string, got {type(text).__name__}")
     if text != text.strip() or any(c in text for c in "\r\n\t\0 "):
         raise EndpointError(text, "text", "contains whitespace or control characters")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # Lone surrogates could never be written back out by format().
+            raise EndpointError(text, "text", "contains characters that are not valid Unicode") from None
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise EndpointError(text, "scheme", "missing; write it as e.g. tcp://127.0.0.1:8080")
@@ -171,9 +178,11 @@ def _parse_host_port(text: str, location: str) -> tuple[str, int]:
         host = host.lower()
     if not port_text.isdigit() or not port_text.isascii():
         raise EndpointError(text, "port", f"{port_text!r} is not a number")
-    port = int(port_text)
-    if port > 65535:
-        raise EndpointError(text, "port", f"{port} is out of range 0-65535")
+    # Count digits before int(): Python refuses to convert strings of more than 4300 digits.
+    digits = port_text.lstrip("0") or "0"
+    if len(digits) > 5 or int(digits) > 65535:
+        raise EndpointError(text, "port", f"{digits[:20]} is out of range 0-65535")
+    port = int(digits)
     return host, port
 
 
@@ -201,7 +210,7 @@ def _parse_query(text: str, scheme: str, query: str) -> tuple[tuple[str, str], .
         if key == "pin":
             value = value.lower().replace(":", "") if not value.lower().startswith("sha256:") else (
                 "sha256:" + value[7:].lower().replace(":", ""))
-            if not _PIN.match(value):
+            if not _PIN.fullmatch(value):
                 raise EndpointError(text, "option 'pin'", "expected sha256:<64 hex digits>")
         if key == "mode" and not re.fullmatch(r"0?[0-7]{3}", value):
             raise EndpointError(text, "option 'mode'", "expected an octal file mode such as 660")

@@ -6,6 +6,7 @@ The defaults protect a server on the open internet: every buffer, line and wait 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -36,8 +37,11 @@ class Limits:
             value = getattr(self, field.name)
             if value is None and field.name == "idle_timeout":
                 continue
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"Limits.{field.name} must be a positive number, got {value!r}")
+            whole = field.type == "int"
+            kinds = (int,) if whole else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kinds) or not 0 < value < math.inf:
+                kind = "whole number" if whole else "number of seconds"
+                raise ValueError(f"Limits.{field.name} must be a positive {kind}, got {value!r}")
 
     def replace(self, **changes: object) -> "Limits":
         return dataclasses.replace(self, **changes)
