@@ -16,6 +16,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from socketkit.errors import ListenError
+from socketkit.net.driver import Driver, inline_supported
 from socketkit.net.endpoint import Endpoint, parse
 from socketkit.net.limits import Limits
 from socketkit.net.stream import Stream, StreamProtocol
@@ -202,7 +203,15 @@ class Server:
 
     async def _serve_one(self, stream: Stream) -> None:
         try:
-            await self.handler(stream)
+            if inline_supported():
+                driver = Driver(self.handler(stream))
+                stream._driver = driver
+                try:
+                    await driver.run()
+                finally:
+                    stream._driver = None
+            else:
+                await self.handler(stream)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 
 from socketkit.errors import (
@@ -28,6 +28,7 @@ from socketkit.errors import (
     SocketkitError,
     TLSError,
 )
+from socketkit.net.driver import PARK, Driver
 from socketkit.net.limits import Limits
 
 _DEFAULT_LIMITS = Limits()
@@ -47,11 +48,26 @@ class StreamProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         s = self.stream
-        s._buf += data
         s.bytes_in += len(data)
-        if len(s._buf) > s._high_read and not s._reading_paused:
+        d = s._driver
+        if d is not None and not s._buf:
+            park = d.park
+            if park is not None and not park.done():
+                # The handler is parked on this stream with nothing buffered: hand the bytes over as
+                # they are and resume it here (see socketkit.net.driver).
+                s._handoff = data
+                d.step_inline()
+                return
+        buf = s._buf
+        buf += data
+        if len(buf) > s._high_read and not s._reading_paused:
             s._reading_paused = True
             s._transport.pause_reading()
+        if d is not None:
+            park = d.park
+            if park is not None and not park.done():
+                d.step_inline()
+                return
         w = s._read_waiter
         if w is not None:
             s._read_waiter = None
@@ -100,13 +116,15 @@ class Stream:
         self._closed_waiter: asyncio.Future[None] | None = None
         self._eof = False
         self._eof_sent = False
+        self._send_blocked = False  # closing, lost or EOF sent: one flag for the hot path
         self._closing = False       # we asked to close
         self._lost = False          # the transport is gone
         self._error: BaseException | None = None
         self._is_tls = False
         self._deadline: float | None = None
         self._deadline_seconds: float | None = None
-        self._receiving = False
+        self._driver: Driver | None = None  # set by the server: see socketkit.net.driver
+        self._handoff: bytes | None = None  # bytes handed to a parked handler, not yet taken
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -117,6 +135,8 @@ class Stream:
         transport.set_write_buffer_limits(high=self.limits.write_buffer)
 
     def _wake_reader(self) -> None:
+        if self._driver is not None:
+            self._driver.wake()
         w = self._read_waiter
         if w is not None:
             self._read_waiter = None
@@ -125,6 +145,7 @@ class Stream:
 
     def _connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._send_blocked = True
         if exc is not None and self._error is None and not self._closing:
             self._error = exc
         self._eof = True
@@ -216,8 +237,18 @@ class Stream:
     # -- receiving ------------------------------------------------------------------------------
     async def _fill(self, timeout: float | None) -> None:
         """Wait until more bytes arrive (or EOF / error)."""
-        if self._read_waiter is not None:
+        d = self._driver
+        if self._read_waiter is not None or (d is not None and d.park is not None and not d.stepping):
             raise RuntimeError("another task is already receiving on this stream")
+        if d is not None and d.stepping and timeout is None and self._deadline is None:
+            if self._reading_paused:
+                self._reading_paused = False
+                self._transport.resume_reading()
+            await PARK
+            if self._handoff is not None:
+                self._buf += self._handoff
+                self._handoff = None
+            return
         if self._closing:
             raise self._failure()
         if self._reading_paused:
@@ -244,7 +275,18 @@ class Stream:
                 if self._error is not None or self._closing:
                     raise self._failure()
                 return b""
-            await self._fill(timeout)
+            d = self._driver
+            if d is not None and d.stepping and timeout is None and self._deadline is None \
+                    and not self._reading_paused:
+                await PARK  # the common case, kept inline: see socketkit.net.driver
+                data = self._handoff
+                if data is not None:
+                    self._handoff = None
+                    if len(data) <= max_bytes:
+                        return data
+                    buf += data
+            else:
+                await self._fill(timeout)
             if not buf:
                 if self._error is not None or self._closing:
                     raise self._failure()
@@ -339,31 +381,55 @@ class Stream:
                 return
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks()
+        return self
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        receive = self.receive
-        while True:
-            data = await receive()
-            if not data:
-                return
-            yield data
+    async def __anext__(self) -> bytes:
+        # receive() without the size cap, written out: this is the hot path of every echo-like handler.
+        buf = self._buf
+        if not buf:
+            if not self._eof:
+                d = self._driver
+                if d is not None and d.stepping and self._deadline is None and not self._reading_paused:
+                    await PARK
+                    data = self._handoff
+                    if data is not None:
+                        self._handoff = None
+                        return data
+                else:
+                    await self._fill(None)
+            if not buf:
+                if self._error is not None or self._closing:
+                    raise self._failure()
+                raise StopAsyncIteration
+        data = bytes(buf)
+        buf.clear()
+        if self._reading_paused:
+            self._consumed()
+        return data
 
     def unreceive(self, data: bytes) -> None:
         """Put bytes back in front of the buffer (a protocol that read ahead of a handover)."""
         self._buf[:0] = data
 
     # -- sending --------------------------------------------------------------------------------
-    async def send(self, data: bytes | bytearray | memoryview, *, timeout: float | None = None) -> None:
-        """Queue `data`; wait while the peer reads slower than we write."""
-        if self._lost or self._closing:
-            raise self._failure()
-        if self._eof_sent:
-            raise ClosedError("send after send_eof()", endpoint=self.endpoint)
+    def send(self, data: bytes | bytearray | memoryview, *, timeout: float | None = None) -> Awaitable[None]:
+        """Queue `data` at once; the awaitable returned waits while the peer reads slower than we write.
+
+        Always `await stream.send(...)`. (It is a plain method returning an awaitable so that the common
+        case, buffer not full, costs no coroutine.)
+        """
+        if self._send_blocked:
+            raise self._send_failure()
         self._transport.write(data)
         self.bytes_out += len(data)
         if self._writing_paused:
-            await self._drain(timeout)
+            return self._drain(timeout)
+        return _SENT
+
+    def _send_failure(self) -> SocketkitError:
+        if self._eof_sent and not (self._lost or self._closing):
+            return ClosedError("send after send_eof()", endpoint=self.endpoint)
+        return self._failure()
 
     async def _drain(self, timeout: float | None) -> None:
         while self._writing_paused and not self._lost:
@@ -378,8 +444,8 @@ class Stream:
 
     def send_nowait(self, data: bytes) -> None:
         """Queue without waiting; for protocol code that checks `writing_paused` itself."""
-        if self._lost or self._closing:
-            raise self._failure()
+        if self._send_blocked:
+            raise self._send_failure()
         self._transport.write(data)
         self.bytes_out += len(data)
 
@@ -400,6 +466,7 @@ class Stream:
         if self._lost or self._closing:
             raise self._failure()
         self._eof_sent = True
+        self._send_blocked = True
         self._transport.write_eof()
 
     # -- TLS upgrade ----------------------------------------------------------------------------
@@ -449,6 +516,7 @@ class Stream:
         if self._closing:
             return
         self._closing = True
+        self._send_blocked = True
         if self._transport is not None and not self._lost:
             self._transport.close()
         self._wake_reader()
@@ -456,6 +524,7 @@ class Stream:
     def abort(self) -> None:
         """Close at once, dropping unsent data (the peer sees a reset). Idempotent."""
         self._closing = True
+        self._send_blocked = True
         if self._transport is not None and not self._lost:
             self._transport.abort()
         self._wake_reader()
@@ -482,6 +551,18 @@ class Stream:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<Stream {self.endpoint or ''} {state} in={self.bytes_in} out={self.bytes_out}>"
+
+
+class _Sent:
+    """The awaitable `send` returns when nothing needs waiting for."""
+
+    __slots__ = ()
+
+    def __await__(self):
+        return iter(())
+
+
+_SENT = _Sent()
 
 
 def _expire(fut: asyncio.Future[None], seconds: float | None, what: str, endpoint: object) -> None:
