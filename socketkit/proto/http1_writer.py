@@ -1,0 +1,244 @@
+"""The response half of the HTTP/1.1 server connection: framing, keep-alive, no-body rules.
+
+Rules (RFC 9112 6, 9.3; RFC 9110 15):
+- a response to HEAD, and 1xx/204/304 responses, carry no body: `body()` returns b"";
+- Content-Length given by the application frames the body, and the application must send exactly that
+  much (more raises LocalProtocolError, less makes the connection close);
+- otherwise HTTP/1.1 responses are chunked, HTTP/1.0 responses are delimited by closing the connection;
+- the connection stays open only if the client asked for it, the application did not send
+  `Connection: close`, and the body length is known; `Connection` is always written by us;
+- a response sent while an HTTP/1.1 client still waits for `100 Continue` closes the connection (we
+  cannot know whether the body will follow);
+- header names must be tokens and values free of CR, LF, NUL and other controls (response splitting).
+"""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+
+from socketkit.proto.http1_events import LocalProtocolError, Request
+
+_IDLE, _SENDING, _DONE = 0, 1, 2
+_NONE, _LENGTH, _CHUNKED, _CLOSE = 0, 1, 2, 3
+
+_STATUS = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+").fullmatch
+# Raw name -> lowercased name for names already found valid: most responses reuse a handful of names.
+_NAMES: dict[bytes, bytes] = {}
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS.get(status)
+    if line is None:
+        if not 100 <= status <= 999:
+            raise LocalProtocolError(f"invalid status code {status!r}")
+        line = b"HTTP/1.1 %d \r\n" % status  # the reason phrase may be empty (RFC 9112 4)
+    return line
+
+
+def _name(name: bytes) -> bytes:
+    lname = _NAMES.get(name)
+    if lname is None:
+        if not _TOKEN(name):
+            raise LocalProtocolError(f"invalid header name {name!r}")
+        lname = name.lower()
+        if len(_NAMES) < 1024:
+            _NAMES[name] = lname
+    return lname
+
+
+def error_response(status: int, reason: str, headers: list[tuple[bytes, bytes]] = ()) -> bytes:  # type: ignore[assignment]
+    """A complete plain-text response that closes the connection, for an `Error` event."""
+    body = (reason + "\n").encode()
+    parts = [_status_line(status)]
+    for name, value in headers:
+        _name(name)
+        if _BAD_VALUE(value):
+            raise LocalProtocolError(f"invalid value for header {name!r}")
+        parts.append(b"%s: %s\r\n" % (name, value))
+    parts.append(
+        b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+        % len(body)
+    )
+    parts.append(body)
+    return b"".join(parts)
+
+
+class ResponseWriter:
+    """Writer state for the request being answered; `ServerConnection` supplies `_set_current`."""
+
+    def __init__(self) -> None:
+        self._req: Request | None = None
+        self._req_done = False
+        self._keep_alive = False
+        self._state = _IDLE
+        self._mode = _NONE
+        self._remaining = 0
+        self._continue_sent = False
+        self._switched = False
+
+    def _set_current(self, request: Request) -> None:
+        self._req = request
+        self._req_done = False
+        self._keep_alive = request.keep_alive
+        self._state = _IDLE
+        self._continue_sent = False
+
+    def _next_cycle(self) -> None:
+        if self._state != _DONE:
+            raise LocalProtocolError("start_next() before the response ended")
+        if not self._keep_alive:
+            raise LocalProtocolError("start_next() on a connection that must close")
+        self._req = None
+        self._state = _IDLE
+
+    @property
+    def request(self) -> Request | None:
+        """The request being answered (None between requests)."""
+        return self._req
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the connection may serve another request after the current response."""
+        return self._keep_alive
+
+    @property
+    def switched(self) -> bool:
+        """True after a 101 response: the bytes on the connection are no longer HTTP/1.1."""
+        return self._switched
+
+    def continue_response(self) -> bytes:
+        """`100 Continue` if the client waits for it and nothing has been sent yet; else b""."""
+        req = self._req
+        if req is None or not req.expect_continue or self._continue_sent or self._state != _IDLE:
+            return b""
+        self._continue_sent = True
+        return _CONTINUE
+
+    def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """The status line and header section; framing and Connection headers are added here."""
+        return self._head(status, headers, None)
+
+    def response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> bytes:
+        """A whole response in one piece; Content-Length is added when the application gave none."""
+        return self._head(status, headers, len(body)) + self.body(body) + self.end()
+
+    def _head(self, status: int, headers, body_length: int | None) -> bytes:
+        req = self._req
+        if req is None:
+            raise LocalProtocolError("no request to respond to")
+        if self._state != _IDLE:
+            raise LocalProtocolError("the response head was already sent")
+        if status < 200:
+            return self._informational(status, headers)
+        parts = [_status_line(status)]
+        append = parts.append
+        cl = te = None
+        close = False
+        names = _NAMES
+        for name, value in headers:
+            lname = names.get(name) or _name(name)
+            if _BAD_VALUE(value):
+                raise LocalProtocolError(f"invalid value for header {name!r}")
+            if lname in _FRAMING:
+                if lname == b"content-length":
+                    if cl is not None or not value.isdigit():
+                        raise LocalProtocolError(f"invalid or repeated Content-Length {value!r}")
+                    cl = value
+                elif lname == b"transfer-encoding":
+                    te = value
+                elif b"close" in value.lower():
+                    close = True
+                continue
+            append(b"%s: %s\r\n" % (name, value))
+        keep = self._keep_alive and not close
+        self._remaining = 0
+        if status == 204:
+            mode = _NONE  # never framing headers on 204 (RFC 9110 8.6, 9112 6.1)
+        elif status == 304 or req.method == b"HEAD":
+            mode = _NONE  # framing headers describe the representation that was not sent
+            if cl is not None:
+                append(b"content-length: %s\r\n" % cl)
+            elif te is not None:
+                append(b"transfer-encoding: %s\r\n" % te)
+        elif cl is not None or (body_length is not None and te is None):
+            mode = _LENGTH
+            if cl is None:
+                cl = b"%d" % body_length
+            self._remaining = int(cl)
+            append(b"content-length: %s\r\n" % cl)
+        elif te is not None:
+            append(b"transfer-encoding: %s\r\n" % te)
+            if te.lower().rsplit(b",", 1)[-1].strip() == b"chunked":
+                mode = _CHUNKED
+            else:
+                mode, keep = _CLOSE, False
+        elif req.http_version == "1.1":
+            mode = _CHUNKED
+            append(b"transfer-encoding: chunked\r\n")
+        else:
+            mode, keep = _CLOSE, False
+        if req.expect_continue and not self._continue_sent and not self._req_done:
+            keep = False
+        if not keep:
+            append(b"connection: close\r\n\r\n")
+        elif req.http_version == "1.0":
+            append(b"connection: keep-alive\r\n\r\n")
+        else:
+            append(b"\r\n")
+        self._keep_alive = keep
+        self._mode = mode
+        self._state = _SENDING
+        return b"".join(parts)
+
+    def _informational(self, status: int, headers) -> bytes:
+        req = self._req
+        if req.http_version == "1.0":
+            raise LocalProtocolError("1xx responses cannot be sent to an HTTP/1.0 client")
+        parts = [_status_line(status)]
+        for name, value in headers:
+            _name(name)
+            if _BAD_VALUE(value):
+                raise LocalProtocolError(f"invalid value for header {name!r}")
+            parts.append(b"%s: %s\r\n" % (name, value))
+        parts.append(b"\r\n")
+        if status == 101:
+            if req.upgrade is None:
+                raise LocalProtocolError("101 Switching Protocols without an upgrade request")
+            self._switched = True
+            self._keep_alive = False
+            self._state = _DONE
+        elif status == 100:
+            self._continue_sent = True
+        return b"".join(parts)
+
+    def body(self, data: bytes) -> bytes:
+        """A piece of the response body, framed for the wire (b"" when the response has no body)."""
+        mode = self._mode
+        if self._state != _SENDING:
+            raise LocalProtocolError("body() outside a response")
+        if mode == _CHUNKED:
+            return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+        if mode == _LENGTH:
+            if len(data) > self._remaining:
+                raise LocalProtocolError(f"body longer than Content-Length (by {len(data) - self._remaining})")
+            self._remaining -= len(data)
+            return data
+        if mode == _CLOSE:
+            return data
+        return b""
+
+    def end(self) -> bytes:
+        """Ends the response; b"0\\r\\n\\r\\n" for a chunked one. Then: `start_next()` or close."""
+        if self._state != _SENDING:
+            raise LocalProtocolError("end() outside a response")
+        self._state = _DONE
+        if self._mode == _CHUNKED:
+            return b"0\r\n\r\n"
+        if self._mode == _LENGTH and self._remaining:
+            self._keep_alive = False  # the client will wait for bytes that never come: close instead
+        return b""
