@@ -33,11 +33,11 @@ def _server_options(p: argparse.ArgumentParser) -> None:
     _limits_options(p)
 
 
-def limits_from(args: argparse.Namespace) -> Limits:
+def limits_from(args: argparse.Namespace, base: Limits | None = None) -> Limits:
     changes = {name: getattr(args, name) for name in
                ("max_connections", "idle_timeout", "handshake_timeout", "drain_timeout")
                if getattr(args, name, None) is not None}
-    return Limits(**changes)
+    return (base or Limits()).replace(**changes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, default=10.0)
     _server_options(p)
     p.set_defaults(run=_cmd_relay)
+
+    p = sub.add_parser("web", help="serve an ASGI app (module:app) and/or a directory over HTTP/1.1 and WebSocket")
+    p.add_argument("app", nargs="?", help="the ASGI app as module:attribute (e.g. main:app)")
+    p.add_argument("--listen", action="append", metavar="URL",
+                   help="endpoint to listen on, repeatable (default tcp://127.0.0.1:8000)")
+    p.add_argument("--static", metavar="DIR", help="serve this directory (alone, or under --static-path)")
+    p.add_argument("--static-path", default="/", help="URL path the --static directory is served at "
+                   "when an app is given too (default: / alone, /static with an app)")
+    p.add_argument("--factory", action="store_true", help="APP is a callable that returns the ASGI app")
+    p.add_argument("--root-path", default="", help="the path prefix a proxy strips (ASGI root_path)")
+    p.add_argument("--proxy-headers", action="store_true", help="trust X-Forwarded-For/-Proto from "
+                   "--forwarded-allow-ips")
+    p.add_argument("--forwarded-allow-ips", default="127.0.0.1,::1",
+                   help="comma-separated proxy addresses/networks to trust, or '*'")
+    p.add_argument("--access-log", action="store_true", help="log every request (off by default)")
+    p.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--max-body", type=int, help="largest request body in bytes (413 past it)")
+    _server_options(p)
+    p.set_defaults(run=_cmd_web)
 
     p = sub.add_parser("cert", help="development certificates: a local CA and certificates it signs")
     csub = p.add_subparsers(dest="cert_command", metavar="ACTION")
@@ -116,60 +135,15 @@ def _cmd_connect(args: argparse.Namespace) -> int:
     return _run_async(args, lambda: run_connect(args.endpoint, timeout=args.timeout))
 
 
-def _announce(server) -> None:
-    for ep in server.endpoints:
-        print(f"listening on {ep}", file=sys.stderr, flush=True)
-
-
 def _serve_cli(args: argparse.Namespace, endpoints: Sequence[str], make_handler: Callable[[], object],
                name: str) -> int:
-    """Run a server from the command line, with --workers and --user."""
-    from socketkit.net import process
-    from socketkit.net.endpoint import parse
-    from socketkit.net.server import serve
+    from socketkit.net.runner import run_server
 
-    limits = limits_from(args)
-    eps = [parse(e) for e in endpoints]
-    inherited = process.systemd_sockets()
-    if inherited:
-        eps = []  # systemd decides where we listen
+    async def setup():
+        return make_handler(), None
 
-    def ready(server) -> None:
-        process.drop_privileges(args.user)
-        _announce(server)
-
-    def one(sockets=inherited, reuse_port=False, endpoints=eps) -> int:
-        return _run_async(args, lambda: serve(endpoints, make_handler(), limits=limits, ready=ready, name=name,
-                                              sockets=sockets, reuse_port=reuse_port))
-
-    if args.workers <= 1:
-        return one()
-    if args.workers > 256:
-        raise SocketkitError("--workers: at most 256")
-    eps, holders = process.reserve_ports(eps)
-    unix = [e for e in eps if e.is_unix]
-    shared = _bind_unix(unix) + inherited
-    tcp = [e for e in eps if not e.is_unix]
-    return process.run_workers(
-        args.workers, lambda i: one(sockets=shared, reuse_port=True, endpoints=tcp),
-        on_started=lambda: [h.close() for h in holders],
-    )
-
-
-def _bind_unix(eps):
-    import socket
-
-    from socketkit.net.server import _remove_stale_socket
-
-    socks = []
-    for ep in eps:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if not ep.is_abstract:
-            _remove_stale_socket(ep.path)
-        s.bind(ep.socket_path)
-        s.listen(2048)
-        socks.append(s)
-    return socks
+    return run_server(endpoints, setup, workers=args.workers, user=args.user, limits=limits_from(args),
+                      loop=args.loop, name=name)
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
@@ -185,6 +159,31 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     return _serve_cli(args, [args.source],
                       lambda: relay_handler(args.target, limits=limits, connect_timeout=args.connect_timeout),
                       "relay")
+
+
+def _cmd_web(args: argparse.Namespace) -> int:
+    from socketkit import web
+
+    if not args.app and not args.static:
+        raise SocketkitError("give an ASGI app (module:attribute), --static DIR, or both")
+    limits = limits_from(args, web.WEB_LIMITS)
+    if args.max_body:
+        limits = limits.replace(max_body=args.max_body)
+    app = args.app
+    if args.static:
+        from socketkit.web.mount import static_app
+
+        app = static_app(args.static, app, mount=args.static_path, factory=args.factory)
+    elif args.factory:
+        from socketkit.web.config import load_app
+
+        app = load_app(args.app, factory=True)
+    return web.run(
+        app, args.listen or [web.DEFAULT_LISTEN], workers=args.workers, user=args.user, loop=args.loop,
+        limits=limits, root_path=args.root_path, proxy_headers=args.proxy_headers,
+        forwarded_allow_ips=tuple(x.strip() for x in args.forwarded_allow_ips.split(",") if x.strip()),
+        access_log=args.access_log, lifespan=args.lifespan,
+    )
 
 
 def _cmd_cert_ca(args: argparse.Namespace) -> int:
@@ -215,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "access_log", False):
+        logging.getLogger("socketkit.web.access").setLevel(logging.INFO)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

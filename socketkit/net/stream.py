@@ -469,6 +469,21 @@ class Stream:
         self._send_blocked = True
         self._transport.write_eof()
 
+    async def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """Send part of a file: zero-copy `sendfile(2)` where the loop and transport allow it."""
+        if self._send_blocked:
+            raise self._send_failure()
+        if self._writing_paused:
+            await self._drain(None)
+        try:
+            sent = await self._loop.sendfile(self._transport, file, offset, count, fallback=True)
+        except (ConnectionError, OSError) as e:
+            if self._lost or self._closing:
+                raise self._failure() from e
+            raise PeerResetError(f"connection broke during sendfile ({e})", endpoint=self.endpoint) from e
+        self.bytes_out += sent
+        return sent
+
     # -- TLS upgrade ----------------------------------------------------------------------------
     async def start_tls(
         self,

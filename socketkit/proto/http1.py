@@ -106,6 +106,11 @@ class ServerConnection(ResponseWriter):
         return self._holding
 
     @property
+    def request_pending(self) -> bool:
+        """True while part of a request head has arrived but not all of it (a slow client's deadline)."""
+        return self._in_fields and not self._in_body
+
+    @property
     def eof(self) -> bool:
         """True once the peer has sent EOF (`receive(b"")`)."""
         return self._eof

@@ -232,6 +232,22 @@ class ResponseWriter:
             return data
         return b""
 
+    def body_sent_externally(self, count: int) -> None:
+        """`count` body bytes went out without `body()` (sendfile); keeps the length accounting."""
+        if self._state != _SENDING:
+            raise LocalProtocolError("body outside a response")
+        if self._mode == _LENGTH:
+            if count > self._remaining:
+                raise LocalProtocolError(f"body longer than Content-Length (by {count - self._remaining})")
+            self._remaining -= count
+        elif self._mode == _CHUNKED:
+            raise LocalProtocolError("a chunked body must be framed by the caller")
+
+    @property
+    def chunked(self) -> bool:
+        """The response being sent uses chunked framing."""
+        return self._mode == _CHUNKED
+
     def end(self) -> bytes:
         """Ends the response; b"0\\r\\n\\r\\n" for a chunked one. Then: `start_next()` or close."""
         if self._state != _SENDING:

@@ -1,0 +1,88 @@
+"""socketkit.web: an ASGI HTTP/1.1 + WebSocket server and a static-file server.
+
+    socketkit web main:app --listen tcp://0.0.0.0:8000
+    socketkit web --static ./public
+    socketkit.web.run(app, listen=["tcp://127.0.0.1:8000"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from socketkit.net.endpoint import Endpoint
+from socketkit.net.limits import Limits
+from socketkit.net.server import Server, start_server
+from socketkit.web.config import WEB_LIMITS, WebConfig, load_app
+from socketkit.web.http import HTTPHandler
+from socketkit.web.lifespan import Lifespan
+
+DEFAULT_LISTEN = "tcp://127.0.0.1:8000"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "StaticFiles":  # imported lazily: most apps never serve files through it
+        from socketkit.web.static import StaticFiles
+
+        return StaticFiles
+    raise AttributeError(name)
+
+
+class WebServer:
+    """A running web server: its lifespan, its socket-layer Server, its counters."""
+
+    def __init__(self, config: WebConfig) -> None:
+        self.config = config
+        self.lifespan = Lifespan(config.app, config.lifespan)
+        self.server: Server | None = None
+
+    async def setup(self):
+        """For socketkit.net.runner: start the lifespan, return the handler and the cleanup."""
+        await self.lifespan.startup()
+        state = self.lifespan.state if self.lifespan.supported else None
+        return HTTPHandler(self.config, state), self.lifespan.shutdown
+
+    async def start(self, listen: Sequence[str | Endpoint] = (DEFAULT_LISTEN,), **options: Any) -> Server:
+        handler, _ = await self.setup()
+        self.server = await start_server(list(listen), handler, limits=self.config.limits, name="web",
+                                         **options)
+        return self.server
+
+    async def aclose(self, drain: float | None = None) -> None:
+        if self.server is not None:
+            await self.server.aclose(drain)
+        await self.lifespan.shutdown()
+
+    async def __aenter__(self) -> WebServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def start(app: Any, listen: Sequence[str | Endpoint] = (DEFAULT_LISTEN,), **config: Any) -> WebServer:
+    """Start serving `app` in the running event loop; `await server.aclose()` to stop."""
+    web = WebServer(WebConfig(app=app, **config))
+    await web.start(listen)
+    return web
+
+
+def run(app: Any, listen: Sequence[str | Endpoint] | str = (DEFAULT_LISTEN,), *, workers: int = 1,
+        user: str | None = None, loop: str = "auto", limits: Limits | None = None, **config: Any) -> int:
+    """Serve `app` (an ASGI app, or "module:attr") until SIGINT/SIGTERM, as `socketkit web` does."""
+    from socketkit.net.runner import run_server
+
+    if isinstance(listen, (str, Endpoint)):
+        listen = [listen]
+    limits = limits or WEB_LIMITS
+
+    async def setup():
+        target = load_app(app) if isinstance(app, str) else app
+        return await WebServer(WebConfig(app=target, limits=limits, **config)).setup()
+
+    return run_server(listen, setup, workers=workers, user=user, limits=limits, loop=loop, name="web",
+                      refuse_message=b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n"
+                                     b"connection: close\r\n\r\n")
+
+
+__all__ = ["DEFAULT_LISTEN", "HTTPHandler", "Lifespan", "WebConfig", "WebServer", "load_app", "run", "start"]

@@ -1,0 +1,392 @@
+"""ASGI over HTTP/1.1: wires `proto.http1.ServerConnection` to a Stream and runs the app per request.
+
+One connection is one Stream handler (so the socket layer's inline driving applies: a request that
+arrives while the handler waits is handled inside `data_received`, without a Task per request as
+uvicorn makes). Requests on a connection are answered strictly one after another; pipelined requests
+wait, parsed, in the connection until the response before them is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from socketkit.errors import DeadlineError, PeerResetError, SocketkitError
+from socketkit.net.stream import Stream
+from socketkit.proto.http1 import (
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    Error,
+    LocalProtocolError,
+    Request,
+    ServerConnection,
+    error_response,
+)
+from socketkit.web.config import WebConfig
+
+log = logging.getLogger("socketkit.web")
+access_log = logging.getLogger("socketkit.web.access")
+
+_ASGI = {"version": "3.0", "spec_version": "2.4"}
+_EXTENSIONS = {"http.response.zerocopysend": {}}
+_DISCONNECT = {"type": "http.disconnect"}
+_SERVER = (b"server", b"socketkit")
+
+
+class _Clock:
+    """The Date header, formatted once a second rather than once a response."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.value = b""
+
+    def date(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.value = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
+        return self.value
+
+
+_clock = _Clock()
+
+
+def _addr(addr: Any) -> tuple[str, int] | None:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return (addr[0], addr[1])
+    return None
+
+
+class HTTPHandler:
+    """The Stream handler of the web server: `server = start_server(eps, HTTPHandler(config))`."""
+
+    def __init__(self, config: WebConfig, state: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self.app = config.app
+        self.state = state
+        self.root_path = config.root_path
+        self.root_path_bytes = config.root_path.encode()
+        limits = config.limits
+        self.conn_options = dict(max_header_size=limits.max_header_size, max_headers=limits.max_headers,
+                                 max_body=limits.max_body)
+        self.request_timeout = limits.request_timeout
+
+    async def __call__(self, stream: Stream) -> None:
+        conn = ServerConnection(**self.conn_options)
+        tls = stream.extra("ssl_object") is not None
+        base = {
+            "type": "http",
+            "asgi": _ASGI,
+            "scheme": "https" if tls else "http",
+            "server": _addr(stream.local),
+            "client": _addr(stream.peer),
+            "root_path": self.root_path,
+            "extensions": _EXTENSIONS,
+        }
+        events: list[Any] = []
+        i = 0
+        try:
+            while True:
+                if i >= len(events):
+                    data = await self._read(stream, conn)
+                    if data is None:
+                        return
+                    events = conn.receive(data)
+                    i = 0
+                    continue
+                event = events[i]
+                i += 1
+                kind = type(event)
+                if kind is Request:
+                    cycle = Cycle(self, stream, conn, event, base, events, i)
+                    if event.upgrade == b"websocket":
+                        from socketkit.web.websocket import serve_websocket
+
+                        await serve_websocket(self, stream, conn, event, base)
+                        return
+                    await cycle.run()
+                    if not conn.keep_alive or stream.closed:
+                        return
+                    events = conn.start_next()
+                    i = 0
+                elif kind is Error:
+                    await stream.send(error_response(event.status, event.reason))
+                    return
+                elif kind is ConnectionClosed:
+                    return
+        except (PeerResetError, ConnectionError):
+            return
+        finally:
+            stream.close()
+
+    async def _read(self, stream: Stream, conn: ServerConnection) -> bytes | None:
+        """Bytes for the parser; b"" at EOF; None when the connection should just close."""
+        if not conn.request_pending:
+            return await stream.receive()  # between requests: the server's idle timeout applies
+        # Part of a request head is here: it must complete within request_timeout (slowloris).
+        try:
+            return await stream.receive(timeout=self.request_timeout)
+        except DeadlineError:
+            await stream.send(error_response(408, "request head not received in time"))
+            return None
+
+
+class Cycle:
+    """One request and its response: the ASGI `receive` and `send` callables live here."""
+
+    __slots__ = ("handler", "stream", "conn", "request", "scope", "events", "index", "body_done",
+                 "started", "head_sent", "complete", "status", "headers", "disconnected", "response_done")
+
+    def __init__(self, handler: HTTPHandler, stream: Stream, conn: ServerConnection, request: Request,
+                 base: dict[str, Any], events: list[Any], index: int) -> None:
+        self.handler = handler
+        self.stream = stream
+        self.conn = conn
+        self.request = request
+        self.events = events
+        self.index = index
+        self.body_done = False
+        self.started = False
+        self.head_sent = False
+        self.complete = False
+        self.disconnected = False
+        self.status = 0
+        self.headers: Any = ()
+        self.response_done: asyncio.Future[None] | None = None
+        scope = dict(base)
+        root = handler.root_path
+        scope["http_version"] = request.http_version
+        scope["method"] = request.method.decode("ascii")
+        scope["path"] = root + request.path if root else request.path
+        scope["raw_path"] = handler.root_path_bytes + request.raw_path if root else request.raw_path
+        scope["query_string"] = request.query
+        scope["headers"] = request.headers
+        if handler.state is not None:
+            scope["state"] = dict(handler.state)
+        if handler.config.proxy_headers:
+            apply_proxy_headers(scope, handler.config)
+        self.scope = scope
+
+    async def run(self) -> None:
+        try:
+            await self.handler.app(self.scope, self.receive, self.send)
+        except (PeerResetError, ConnectionError):
+            self.stream.abort()
+            return
+        except Exception:
+            log.exception("ASGI app raised an exception for %s %s", self.scope["method"], self.scope["path"])
+            self._fail("the application raised an exception")
+            return
+        finally:
+            if self.response_done is not None and not self.response_done.done():
+                self.response_done.set_result(None)
+        if not self.complete:
+            if not self.started:
+                log.error("ASGI app returned without starting a response for %s", self.scope["path"])
+            else:
+                log.error("ASGI app returned before its response was complete for %s", self.scope["path"])
+            self._fail("the application sent no complete response")
+
+    def _fail(self, why: str) -> None:
+        if self.stream.closed:
+            return
+        if not self.head_sent:
+            try:
+                self.stream.send_nowait(self.conn.response(
+                    500, [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")],
+                    b"Internal Server Error\n"))
+            except (SocketkitError, LocalProtocolError):
+                pass
+            self.stream.close()
+        else:
+            # Half a response is on the wire: the only honest ending is to cut the connection.
+            self.stream.abort()
+        self.complete = True
+
+    # -- ASGI receive -------------------------------------------------------------------------------
+    async def receive(self) -> dict[str, Any]:
+        if self.disconnected or (self.complete and self.body_done):
+            return _DISCONNECT
+        if self.body_done:
+            return await self._wait_disconnect()
+        conn = self.conn
+        if self.request.expect_continue and not self.head_sent:
+            cont = conn.continue_response()
+            if cont:
+                await self.stream.send(cont)
+        while True:
+            events = self.events
+            while self.index < len(events):
+                event = events[self.index]
+                self.index += 1
+                kind = type(event)
+                if kind is Data:
+                    return {"type": "http.request", "body": event.chunk, "more_body": True}
+                if kind is EndOfMessage:
+                    self.body_done = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+                if kind is ConnectionClosed or kind is Error:
+                    self.disconnected = True
+                    if kind is Error and not self.head_sent:
+                        self.head_sent = self.complete = True
+                        await self.stream.send(error_response(event.status, event.reason))
+                        self.stream.close()
+                    return _DISCONNECT
+            try:
+                data = await self.stream.receive(timeout=self.handler.request_timeout)
+            except DeadlineError:
+                self.disconnected = True
+                return _DISCONNECT
+            except (PeerResetError, ConnectionError, SocketkitError):
+                self.disconnected = True
+                return _DISCONNECT
+            self.events = conn.receive(data)
+            self.index = 0
+
+    async def _wait_disconnect(self) -> dict[str, Any]:
+        """After the body: block until the client goes away or our response is complete."""
+        loop = asyncio.get_running_loop()
+        if self.response_done is None:
+            self.response_done = loop.create_future()
+        reader = loop.create_task(self.stream.receive())
+        try:
+            await asyncio.wait({reader, self.response_done}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not reader.done():
+                reader.cancel()
+                try:
+                    await reader
+                except BaseException:  # noqa: BLE001 - cancelled on purpose
+                    pass
+        if reader.done() and not reader.cancelled():
+            exc = reader.exception()
+            data = reader.result() if exc is None else b""
+            if data:
+                self.stream.unreceive(data)  # the next pipelined request: keep it for later
+            else:
+                self.disconnected = True
+        return _DISCONNECT
+
+    # -- ASGI send ----------------------------------------------------------------------------------
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            if not self.started or self.complete:
+                raise RuntimeError(f"ASGI: {kind!r} " + ("before http.response.start" if not self.started
+                                                        else "after the response was complete"))
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            conn = self.conn
+            if not self.head_sent:
+                self.head_sent = True
+                if more:
+                    data = conn.response_head(self.status, self.headers) + conn.body(body)
+                else:
+                    data = conn.response(self.status, self.headers, body)
+            elif more:
+                data = conn.body(body)
+            else:
+                data = conn.body(body) + conn.end()
+            if not more:
+                self._completed()
+            if data:
+                if self.disconnected and self.stream.closed:
+                    return
+                await self.stream.send(data)
+            return
+        if kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("ASGI: http.response.start sent twice")
+            self.started = True
+            self.status = message["status"]
+            headers = message.get("headers") or []
+            if self.handler.config.server_header:
+                self.headers = [(b"date", _clock.date()), _SERVER, *headers]
+            else:
+                self.headers = [(b"date", _clock.date()), *headers]
+            return
+        if kind == "http.response.zerocopysend":
+            await self._zerocopy(message)
+            return
+        raise RuntimeError(f"ASGI: unexpected message type {kind!r} on an http connection")
+
+    def _completed(self) -> None:
+        self.complete = True
+        if self.response_done is not None and not self.response_done.done():
+            self.response_done.set_result(None)
+        if self.handler.config.access_log:
+            self._log_access()
+
+    async def _zerocopy(self, message: dict[str, Any]) -> None:
+        if not self.started or self.complete:
+            raise RuntimeError("ASGI: zerocopysend outside a response")
+        file = message["file"]
+        offset = message.get("offset")
+        count = message.get("count")
+        more = message.get("more_body", False)
+        conn = self.conn
+        if not self.head_sent:
+            self.head_sent = True
+            head = conn.response_head(self.status, self.headers)
+            await self.stream.send(head)
+        if self.request.method != b"HEAD" and self.status not in (204, 304):
+            if count is None:
+                import os
+
+                count = os.fstat(file.fileno()).st_size - (offset or 0)
+            if count:
+                await self._sendfile(file, offset or 0, count)
+        if not more:
+            tail = conn.end()
+            self._completed()
+            if tail:
+                await self.stream.send(tail)
+
+    async def _sendfile(self, file: Any, offset: int, count: int) -> None:
+        conn = self.conn
+        chunked = conn.chunked
+        if chunked:  # frame the whole file as one chunk
+            await self.stream.send(b"%x\r\n" % count)
+        else:
+            conn.body_sent_externally(count)
+        await self.stream.sendfile(file, offset, count)
+        if chunked:
+            await self.stream.send(b"\r\n")
+
+    def _log_access(self) -> None:
+        client = self.scope.get("client")
+        who = f"{client[0]}:{client[1]}" if client else "-"
+        query = self.scope["query_string"]
+        target = self.scope["path"] + ("?" + query.decode("latin-1") if query else "")
+        access_log.info('%s - "%s %s HTTP/%s" %d', who, self.scope["method"], target,
+                        self.scope["http_version"], self.status)
+
+
+def apply_proxy_headers(scope: dict[str, Any], config: WebConfig) -> None:
+    """X-Forwarded-For / -Proto from a trusted proxy set the client and scheme (as uvicorn does)."""
+    client = scope.get("client")
+    if not config.trusts(client[0] if client else None):
+        return
+    forwarded_for = forwarded_proto = None
+    for name, value in scope["headers"]:
+        if name == b"x-forwarded-for":
+            forwarded_for = value
+        elif name == b"x-forwarded-proto":
+            forwarded_proto = value
+    if forwarded_proto:
+        proto = forwarded_proto.decode("latin-1").split(",")[0].strip().lower()
+        if proto in ("http", "https", "ws", "wss"):
+            scope["scheme"] = {"ws": "http", "wss": "https"}.get(proto, proto)
+    if forwarded_for:
+        hops = [h.strip() for h in forwarded_for.decode("latin-1").split(",") if h.strip()]
+        # The nearest hop that is not itself a trusted proxy is the client.
+        for hop in reversed(hops):
+            if not config.trusts(hop):
+                scope["client"] = (hop, 0)
+                break
+        else:
+            if hops:
+                scope["client"] = (hops[0], 0)
