@@ -11,7 +11,7 @@ import dataclasses
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TextIO
+from typing import Any, TextIO
 
 from socketkit.console import echo_handler
 from socketkit.net.limits import Limits
@@ -42,6 +42,8 @@ class UpContext:
     limits: Limits = dataclasses.field(default_factory=Limits)
     running: list[Running] = dataclasses.field(default_factory=list)
     overrides: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    landing: Any = None   # the web landing page, where services mount their pages
+    web: Any = None
 
     def listen(self, service: str, default: str) -> list[str]:
         return self.overrides.get(service) or [default]
@@ -52,7 +54,31 @@ async def _start_echo(ctx: UpContext) -> list[Server]:
                                name="echo")]
 
 
+def status(ctx: UpContext) -> list[dict[str, object]]:
+    """Each running service with its endpoints and the socket layer's live counters."""
+    out = []
+    for r in ctx.running:
+        total = {"open": 0, "accepted": 0, "refused": 0, "bytes_in": 0, "bytes_out": 0, "errors": 0}
+        for server in r.servers:
+            stats = server.stats
+            for key in total:
+                total[key] += getattr(stats, key)
+        out.append({"name": r.name, "description": r.description, "endpoints": r.endpoints, **total})
+    return out
+
+
+async def _start_web(ctx: UpContext) -> list[Server]:
+    from socketkit.web import WebServer
+    from socketkit.web.config import WEB_LIMITS, WebConfig
+    from socketkit.web.landing import LandingApp
+
+    ctx.landing = LandingApp(lambda: status(ctx))
+    ctx.web = WebServer(WebConfig(app=ctx.landing, limits=WEB_LIMITS))
+    return [await ctx.web.start(ctx.listen("web", f"tcp://{ctx.host}:8080"))]
+
+
 SERVICES: list[Service] = [
+    Service("web", "web server: this landing page, and the pages of the services below", _start_web),
     Service("echo", "echo service (RFC 862 style): what you send comes back", _start_echo),
 ]
 
@@ -74,6 +100,8 @@ async def stop_all(ctx: UpContext, drain: float | None = None) -> None:
     for running in reversed(ctx.running):
         for server in running.servers:
             await server.aclose(drain=drain)
+    if ctx.web is not None:
+        await ctx.web.lifespan.shutdown()
     ctx.running.clear()
 
 
