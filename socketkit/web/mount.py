@@ -19,12 +19,9 @@ def static_app(directory: str, app: Any = None, *, mount: str = "/", factory: bo
     async def mounted(scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path", "")
         if scope["type"] == "http" and (path == prefix or path.startswith(prefix + "/")):
+            # ASGI (and uvicorn >= 0.26): `path` keeps the full path; `root_path` says what is mounted.
             sub = dict(scope)
             sub["root_path"] = scope.get("root_path", "") + prefix
-            sub["path"] = path[len(prefix):] or "/"
-            raw = scope.get("raw_path")
-            if raw is not None:
-                sub["raw_path"] = raw[len(prefix.encode()):] or b"/"
             await files(sub, receive, send)
             return
         await inner(scope, receive, send)
