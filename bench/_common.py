@@ -309,3 +309,134 @@ def ratio_line(
 
 def python_version() -> str:
     return f"{sys.implementation.name} {sys.version.split()[0]}"
+
+
+# ---------------------------------------------------------------- added for bench/web.py
+
+
+def wait_for_http(
+    port: int,
+    path: str = "/",
+    host: str = HOST,
+    *,
+    timeout: float = 10.0,
+    proc: ChildProcess | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """Poll GET `path` until the server answers; return (status, headers, body).
+
+    A port that accepts is not yet a server that answers (a master process binds, then forks
+    the worker that will accept), so readiness for HTTP is the first complete response. Any
+    response counts, whatever its status: judging it is the caller's job. Bounded by `timeout`;
+    raises BenchError if it passes or if `proc` exits first.
+    """
+    import http.client
+
+    start = time.monotonic()
+    deadline = start + timeout
+    delay = 0.005
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(proc.exit_reason())
+        conn = http.client.HTTPConnection(host, port, timeout=max(0.05, deadline - time.monotonic()))
+        try:
+            conn.request("GET", path, headers={"Host": f"{host}:{port}"})
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:  # not answering yet: try again
+            last = exc
+        else:
+            # It answered: from here a failure is the server's, reported at once, not retried.
+            try:
+                body = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                if isinstance(exc, http.client.IncompleteRead):
+                    what = f"{len(exc.partial)} body bytes, then the connection closed ({exc.expected} more expected)"
+                else:
+                    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                raise BenchError(
+                    f"GET {path} answered {resp.status} but the body broke off: {what}"
+                ) from None
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+        finally:
+            conn.close()
+        if time.monotonic() + delay > deadline:
+            what = f"{type(last).__name__}: {last}" if str(last) else type(last).__name__
+            raise BenchError(f"GET http://{host}:{port}{path} got no response within {timeout:g}s ({what})")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def target_verdict(ratio: float | None, target: float, *, label: str = "target", why_na: str = "") -> str:
+    """' (LABEL >= T: met|MISSED|n/a)', as ratio_line() writes it, for lines that build their own.
+
+    `why_na` voids the verdict even when there is a ratio (e.g. the run had errors: a server
+    that answers with errors must not meet a target by answering them fast).
+    """
+    if why_na:
+        verdict = f"n/a, {why_na}"
+    elif ratio is None:
+        verdict = "n/a"
+    else:
+        verdict = "met" if ratio >= target else "MISSED"
+    return f" ({label} >= {target:g}: {verdict})"
+
+
+def load_warning() -> str:
+    """A warning when something else already keeps the cores busy, '' when the machine is quiet."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return ""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if load < 0.5:
+        return ""
+    return f"warning: load average {load:.2f} on {cores} cores before starting; other work competes with the servers"
+
+
+@contextlib.contextmanager
+def http_server(
+    argv: Sequence[str],
+    port: int,
+    path: str = "/",
+    *,
+    name: str = "",
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 10.0,
+    cpus: set[int] | None = None,
+) -> Iterator[tuple[ChildProcess, tuple[int, dict[str, str], bytes]]]:
+    """server_process() for HTTP servers: extra environment, and ready means GET `path` answered.
+
+    Yields (child, (status, headers, body)) of that first answer; the group is always stopped.
+    """
+    paths = [str(REPO_ROOT), os.environ.get("PYTHONPATH"), (env or {}).get("PYTHONPATH")]
+    full_env = {**(env or {}), "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    child = ChildProcess(argv, name=name, env=full_env, cwd=REPO_ROOT, cpus=cpus)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        wait_for_port(port, timeout=ready_timeout, proc=child)
+        reply = wait_for_http(port, path, timeout=max(0.1, deadline - time.monotonic()), proc=child)
+        yield child, reply
+    finally:
+        child.stop()
+
+
+def group_cpu_seconds(pgid: int) -> float | None:
+    """User+system CPU time used so far by the live processes of group `pgid`, from /proc.
+
+    For servers whose work happens in forked workers (a master and its worker), where the
+    leader's own counters stay near zero. None where /proc is unavailable.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    total = 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        # fields[0] is the state (field 3), fields[2] the process group (field 5).
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
