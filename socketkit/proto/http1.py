@@ -35,6 +35,7 @@ from socketkit.proto.http1_events import (
     LocalProtocolError,
     Request,
 )
+from socketkit.proto.http1_fast import _HOST, try_simple
 from socketkit.proto.http1_writer import ResponseWriter, error_response
 
 __all__ = [
@@ -47,8 +48,6 @@ _HTTPParserUpgrade = httptools.HttpParserUpgrade
 
 # Header names that need a rule; everything else is stored without a second look.
 _SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"host", b"expect", b"upgrade"))
-# RFC 3986 host [":" port]: reg-name / IPv4 / IP-literal. Anything else in Host is a 400 (RFC 9112 3.2).
-_HOST = re.compile(rb"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?").fullmatch
 _ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*(/[^?#]*)?(?:\?([^#]*))?").fullmatch
 _AUTHORITY = re.compile(rb"[A-Za-z0-9._~!$&'()*+,;=%-]+:[0-9]+|\[[0-9A-Za-z:.]+\]:[0-9]+").fullmatch
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+").fullmatch
@@ -92,6 +91,8 @@ class ServerConnection(ResponseWriter):
         self._upgrade_wait = False  # an upgrade request was parsed: raw bytes wait for the response
         self._manual = 0  # body bytes of an upgrade request still to be cut out of the raw stream
         self._in_fields = False
+        self._idle = True  # llhttp is between messages: http1_fast may take the next one
+        self.fast = True  # tests turn it off to compare both paths
         self._fresh = False
         self._fields_size = 0
         self._in_body = False
@@ -186,6 +187,13 @@ class ServerConnection(ResponseWriter):
         if self._holding or self._upgrade_wait:
             self._backlog += data
             return
+        if self._idle and self.fast:
+            used = try_simple(self, data)
+            if used:
+                if used == len(data) or self._stop:
+                    return  # after `Connection: close` the rest is ignored, as below
+                self._backlog += data[used:]  # the next request waits, as pipelined events do
+                return
         self._feed_size = len(data)
         try:
             self._parser.feed_data(data)
@@ -256,7 +264,18 @@ class ServerConnection(ResponseWriter):
 
     # ---- llhttp callbacks --------------------------------------------------------------------
 
+    def _fast_request(self, request: Request) -> None:
+        """A whole body-less request parsed by http1_fast: the same state changes as the callbacks."""
+        self._keep = request.keep_alive
+        self._sink.append(request)
+        if not self._holding:
+            self._set_current(request)
+        if not self._keep:
+            self._stop = self._blocked = True
+        self._message_done()
+
     def on_message_begin(self) -> None:
+        self._idle = False
         self._url = b""
         self._headers = []
         self._cl = -1
@@ -395,6 +414,7 @@ class ServerConnection(ResponseWriter):
         self._in_fields = False
 
     def on_message_complete(self) -> None:
+        self._idle = True
         self._in_fields = False
         self._in_body = False
         if not self._keep:

@@ -68,6 +68,34 @@ def error_response(status: int, reason: str, headers: list[tuple[bytes, bytes]] 
     return b"".join(parts)
 
 
+_FIELDS: dict[tuple[int, tuple[object, ...]], tuple[bytes, bytes | None, bytes | None, bool]] = {}
+
+
+def _fields(status: int, headers) -> tuple[bytes, bytes | None, bytes | None, bool]:
+    """Status line + the app's header lines, checked; framing headers taken out for `_head` to decide."""
+    parts = [_status_line(status)]
+    append = parts.append
+    cl = te = None
+    close = False
+    names = _NAMES
+    for name, value in headers:
+        lname = names.get(name) or _name(name)
+        if _BAD_VALUE(value):
+            raise LocalProtocolError(f"invalid value for header {name!r}")
+        if lname in _FRAMING:
+            if lname == b"content-length":
+                if cl is not None or not value.isdigit():
+                    raise LocalProtocolError(f"invalid or repeated Content-Length {value!r}")
+                cl = value
+            elif lname == b"transfer-encoding":
+                te = value
+            elif b"close" in value.lower():
+                close = True
+            continue
+        append(b"%s: %s\r\n" % (name, value))
+    return b"".join(parts), cl, te, close
+
+
 class ResponseWriter:
     """Writer state for the request being answered; `ServerConnection` supplies `_set_current`."""
 
@@ -119,15 +147,19 @@ class ResponseWriter:
         self._continue_sent = True
         return _CONTINUE
 
-    def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-        """The status line and header section; framing and Connection headers are added here."""
-        return self._head(status, headers, None)
+    def response_head(self, status: int, headers: list[tuple[bytes, bytes]], extra: bytes = b"") -> bytes:
+        """The status line and header section; framing and Connection headers are added here.
 
-    def response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> bytes:
+        `extra` is header lines the server itself adds (Date, Server), already well-formed.
+        """
+        return self._head(status, headers, None, extra)
+
+    def response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"",
+                 extra: bytes = b"") -> bytes:
         """A whole response in one piece; Content-Length is added when the application gave none."""
-        return self._head(status, headers, len(body)) + self.body(body) + self.end()
+        return self._head(status, headers, len(body), extra) + self.body(body) + self.end()
 
-    def _head(self, status: int, headers, body_length: int | None) -> bytes:
+    def _head(self, status: int, headers, body_length: int | None, extra: bytes = b"") -> bytes:
         req = self._req
         if req is None:
             raise LocalProtocolError("no request to respond to")
@@ -135,26 +167,22 @@ class ResponseWriter:
             raise LocalProtocolError("the response head was already sent")
         if status < 200:
             return self._informational(status, headers)
-        parts = [_status_line(status)]
+        # Most apps answer with the same few header lists again and again: check and format each list
+        # once. Keys are compared by value, so a cached entry can never stand for other headers.
+        try:
+            key = (status, tuple(headers))
+            fields = _FIELDS.get(key)
+        except TypeError:  # unhashable items (lists): just do the work
+            key = fields = None
+        if fields is None:
+            fields = _fields(status, headers)
+            if key is not None:
+                if len(_FIELDS) >= 512:
+                    _FIELDS.clear()
+                _FIELDS[key] = fields
+        prefix, cl, te, close = fields
+        parts = [prefix, extra]
         append = parts.append
-        cl = te = None
-        close = False
-        names = _NAMES
-        for name, value in headers:
-            lname = names.get(name) or _name(name)
-            if _BAD_VALUE(value):
-                raise LocalProtocolError(f"invalid value for header {name!r}")
-            if lname in _FRAMING:
-                if lname == b"content-length":
-                    if cl is not None or not value.isdigit():
-                        raise LocalProtocolError(f"invalid or repeated Content-Length {value!r}")
-                    cl = value
-                elif lname == b"transfer-encoding":
-                    te = value
-                elif b"close" in value.lower():
-                    close = True
-                continue
-            append(b"%s: %s\r\n" % (name, value))
         keep = self._keep_alive and not close
         self._remaining = 0
         if status == 204:

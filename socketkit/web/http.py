@@ -33,22 +33,23 @@ access_log = logging.getLogger("socketkit.web.access")
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
 _EXTENSIONS = {"http.response.zerocopysend": {}}
 _DISCONNECT = {"type": "http.disconnect"}
-_SERVER = (b"server", b"socketkit")
 
 
 class _Clock:
-    """The Date header, formatted once a second rather than once a response."""
+    """The header lines the server adds (Date, Server), formatted once a second, not once a response."""
 
     def __init__(self) -> None:
         self.second = -1
-        self.value = b""
+        self.lines = self.lines_no_server = b""
 
-    def date(self) -> bytes:
+    def extra(self, server_header: bool) -> bytes:
         now = int(time.time())
         if now != self.second:
             self.second = now
-            self.value = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
-        return self.value
+            date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
+            self.lines_no_server = b"date: " + date + b"\r\n"
+            self.lines = self.lines_no_server + b"server: socketkit\r\n"
+        return self.lines if server_header else self.lines_no_server
 
 
 _clock = _Clock()
@@ -73,6 +74,7 @@ class HTTPHandler:
         self.conn_options = dict(max_header_size=limits.max_header_size, max_headers=limits.max_headers,
                                  max_body=limits.max_body)
         self.request_timeout = limits.request_timeout
+        self.server_header = config.server_header
 
     async def __call__(self, stream: Stream) -> None:
         conn = ServerConnection(**self.conn_options)
@@ -88,10 +90,20 @@ class HTTPHandler:
         }
         events: list[Any] = []
         i = 0
+        head_deadline: float | None = None  # when the head being received must be complete
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 if i >= len(events):
-                    data = await self._read(stream, conn)
+                    if conn.request_pending:
+                        # One deadline for the whole head, not one per read: a slowloris client that
+                        # trickles a byte per read would otherwise never hit it.
+                        if head_deadline is None:
+                            head_deadline = loop.time() + self.request_timeout
+                        left: float | None = head_deadline - loop.time()
+                    else:
+                        head_deadline = left = None
+                    data = await self._read(stream, conn, left)
                     if data is None:
                         return
                     events = conn.receive(data)
@@ -122,16 +134,18 @@ class HTTPHandler:
         finally:
             stream.close()
 
-    async def _read(self, stream: Stream, conn: ServerConnection) -> bytes | None:
+    async def _read(self, stream: Stream, conn: ServerConnection, left: float | None) -> bytes | None:
         """Bytes for the parser; b"" at EOF; None when the connection should just close."""
-        if not conn.request_pending:
+        if left is None:
             return await stream.receive()  # between requests: the server's idle timeout applies
         # Part of a request head is here: it must complete within request_timeout (slowloris).
-        try:
-            return await stream.receive(timeout=self.request_timeout)
-        except DeadlineError:
-            await stream.send(error_response(408, "request head not received in time"))
-            return None
+        if left > 0:
+            try:
+                return await stream.receive(timeout=left)
+            except DeadlineError:
+                pass
+        await stream.send(error_response(408, "request head not received in time"))
+        return None
 
 
 class Cycle:
@@ -197,7 +211,7 @@ class Cycle:
             try:
                 self.stream.send_nowait(self.conn.response(
                     500, [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")],
-                    b"Internal Server Error\n"))
+                    b"Internal Server Error\n", _clock.extra(self.handler.server_header)))
             except (SocketkitError, LocalProtocolError):
                 pass
             self.stream.close()
@@ -282,10 +296,11 @@ class Cycle:
             conn = self.conn
             if not self.head_sent:
                 self.head_sent = True
+                extra = _clock.extra(self.handler.server_header)
                 if more:
-                    data = conn.response_head(self.status, self.headers) + conn.body(body)
+                    data = conn.response_head(self.status, self.headers, extra) + conn.body(body)
                 else:
-                    data = conn.response(self.status, self.headers, body)
+                    data = conn.response(self.status, self.headers, body, extra)
             elif more:
                 data = conn.body(body)
             else:
@@ -302,11 +317,7 @@ class Cycle:
                 raise RuntimeError("ASGI: http.response.start sent twice")
             self.started = True
             self.status = message["status"]
-            headers = message.get("headers") or []
-            if self.handler.config.server_header:
-                self.headers = [(b"date", _clock.date()), _SERVER, *headers]
-            else:
-                self.headers = [(b"date", _clock.date()), *headers]
+            self.headers = message.get("headers") or ()
             return
         if kind == "http.response.zerocopysend":
             await self._zerocopy(message)
@@ -330,7 +341,7 @@ class Cycle:
         conn = self.conn
         if not self.head_sent:
             self.head_sent = True
-            head = conn.response_head(self.status, self.headers)
+            head = conn.response_head(self.status, self.headers, _clock.extra(self.handler.server_header))
             await self.stream.send(head)
         if self.request.method != b"HEAD" and self.status not in (204, 304):
             if count is None:

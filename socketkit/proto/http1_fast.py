@@ -1,0 +1,85 @@
+"""A fast path for the common request: a whole, body-less head in one read, in the strictest form.
+
+One regular expression (run in C) checks the request line and every header line at once; whatever it
+does not match exactly -- a body, Expect, Upgrade, an odd target or version, a stray byte -- goes to the
+full parser (llhttp plus our rules), so this path can only ever accept a subset of what that one
+accepts, and gives the same events for it (tests/proto/test_http1_fast.py checks both, side by side).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+from socketkit.proto.http1_events import END, Request
+
+if TYPE_CHECKING:
+    from socketkit.proto.http1 import ServerConnection
+
+_SIMPLE = re.compile(
+    rb"(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS) "
+    rb"(/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*) "  # origin-form only: RFC 3986 pchar, '/', '?'; no '#'
+    rb"HTTP/1\.([01])\r\n"
+    rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*)"  # no obs-fold, CR, LF, NUL
+    rb"\r\n"
+).match
+# Headers that change framing or the connection's fate: left to the full parser, except Connection's
+# two plain values.
+_NEEDS_FULL = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
+_VERSIONS = {b"0": "1.0", b"1": "1.1"}
+# RFC 3986 host [":" port]: reg-name / IPv4 / IP-literal. Anything else in Host is a 400 (RFC 9112 3.2).
+_HOST = re.compile(rb"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?").fullmatch
+
+
+def try_simple(conn: ServerConnection, data: bytes) -> int:
+    """Parse one simple request at the start of `data` into `conn`; return the bytes used (0: not simple)."""
+    m = _SIMPLE(data)
+    if m is None:
+        return 0
+    end = m.end()
+    if end > conn.max_header_size:
+        return 0
+    target = m[2]
+    if len(target) > conn.max_target_size:
+        return 0
+    version = _VERSIONS[m[3]]
+    headers = []
+    host = 0
+    keep_alive = version == "1.1"
+    special = _NEEDS_FULL
+    block = m[4]
+    if block:
+        for line in block.split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            value = value.strip(b" \t")
+            if name in special:
+                return 0
+            if name == b"host":
+                host += 1
+                if host > 1 or _HOST(value) is None:
+                    return 0
+            elif name == b"connection":
+                token = value.lower()
+                if token == b"close":
+                    keep_alive = False
+                elif token == b"keep-alive":
+                    keep_alive = True
+                else:
+                    return 0
+            headers.append((name, value))
+        if len(headers) > conn.max_headers:
+            return 0
+    if not host and version == "1.1":
+        return 0
+    raw_path, _, query = target.partition(b"?")
+    path = raw_path.decode("latin-1")
+    if "%" in path:
+        path = unquote(path)
+    request = Request(m[1], target, path, raw_path, query, version, headers, keep_alive, False, None)
+    conn._fast_request(request)
+    return end
+
+
+__all__ = ["END", "try_simple"]
