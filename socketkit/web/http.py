@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from socketkit.errors import DeadlineError, PeerResetError, SocketkitError
-from socketkit.net.stream import Stream
+from socketkit.net.stream import _SENT, Stream
 from socketkit.proto.http1 import (
     ConnectionClosed,
     Data,
@@ -215,6 +216,10 @@ class Cycle:
             except (SocketkitError, LocalProtocolError):
                 pass
             self.stream.close()
+        elif self.complete:
+            # The response is whole (the app raised afterwards, e.g. in a background task): let what is
+            # still buffered reach the client, then close. abort() would truncate it.
+            self.stream.close()
         else:
             # Half a response is on the wire: the only honest ending is to cut the connection.
             self.stream.abort()
@@ -285,7 +290,9 @@ class Cycle:
         return _DISCONNECT
 
     # -- ASGI send ----------------------------------------------------------------------------------
-    async def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any]) -> Awaitable[None]:
+        # A plain method returning an awaitable: the common messages cost no coroutine. Apps always
+        # `await send(...)`, and errors are raised all the same, just one step earlier.
         kind = message["type"]
         if kind == "http.response.body":
             if not self.started or self.complete:
@@ -307,21 +314,18 @@ class Cycle:
                 data = conn.body(body) + conn.end()
             if not more:
                 self._completed()
-            if data:
-                if self.disconnected and self.stream.closed:
-                    return
-                await self.stream.send(data)
-            return
+            if data and not (self.disconnected and self.stream.closed):
+                return self.stream.send(data)
+            return _SENT
         if kind == "http.response.start":
             if self.started:
                 raise RuntimeError("ASGI: http.response.start sent twice")
             self.started = True
             self.status = message["status"]
             self.headers = message.get("headers") or ()
-            return
+            return _SENT
         if kind == "http.response.zerocopysend":
-            await self._zerocopy(message)
-            return
+            return self._zerocopy(message)
         raise RuntimeError(f"ASGI: unexpected message type {kind!r} on an http connection")
 
     def _completed(self) -> None:
