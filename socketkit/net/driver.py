@@ -45,7 +45,7 @@ _RESUME, _YIELDED, _DONE, _ERROR = range(4)
 
 
 class Driver:
-    __slots__ = ("coro", "ctx", "loop", "task", "stepping", "park", "_run", "_send")
+    __slots__ = ("coro", "ctx", "loop", "task", "stepping", "park", "outcome", "_run", "_send")
 
     def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
         self.coro = coro
@@ -55,38 +55,52 @@ class Driver:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[Any] | None = None
         self.stepping = False
-        self.park: asyncio.Future[tuple[int, Any]] | None = None
+        self.park: asyncio.Future[None] | None = None
+        # What happened while parked, for the Task to act on: (kind, payload) or None.
+        self.outcome: tuple[int, Any] | None = None
+
+    @property
+    def parked(self) -> bool:
+        """The handler waits for bytes and nothing has woken it yet."""
+        park = self.park
+        return park is not None and not park.done()
 
     # -- called from the protocol ---------------------------------------------------------------
     def wake(self) -> None:
-        """EOF or loss: let the Task resume the handler the ordinary way."""
+        """EOF, loss or close: let the Task resume the handler the ordinary way."""
+        if self.stepping:
+            return  # the handler is running right now and sees the new state by itself
+        if self.parked and self.outcome is None:
+            self._finish(_RESUME, None)
+
+    def _finish(self, kind: int, payload: Any) -> None:
+        self.outcome = (kind, payload)
         park = self.park
         if park is not None and not park.done():
-            park.set_result((_RESUME, None))
+            park.set_result(None)
 
     def step_inline(self) -> None:
         """New bytes while parked: resume the handler right here, as its Task."""
-        park = self.park
         loop, task = self.loop, self.task
         try:
             _enter_task(loop, task)
         except (RuntimeError, TypeError):
-            park.set_result((_RESUME, None))  # type: ignore[union-attr]
+            self._finish(_RESUME, None)
             return
         self.stepping = True
         try:
             yielded = self._run(self._send, None)
         except StopIteration as stop:
-            park.set_result((_DONE, stop.value))  # type: ignore[union-attr]
-            return
+            outcome: tuple[int, Any] | None = (_DONE, stop.value)
         except BaseException as exc:  # noqa: BLE001 - handed to the Task, which re-raises it
-            park.set_result((_ERROR, exc))  # type: ignore[union-attr]
-            return
+            outcome = (_ERROR, exc)
+        else:
+            outcome = None if yielded is PARK else (_YIELDED, yielded)
         finally:
             self.stepping = False
             _leave_task(loop, task)
-        if yielded is not PARK:
-            park.set_result((_YIELDED, yielded))  # type: ignore[union-attr]
+        if outcome is not None:
+            self._finish(*outcome)
 
     # -- the Task's side ------------------------------------------------------------------------
     @types.coroutine
@@ -112,19 +126,23 @@ class Driver:
             while yielded is PARK:
                 park = self.loop.create_future()
                 self.park = park
+                self.outcome = None
                 try:
-                    kind, payload = yield from park
+                    yield from park
                 except BaseException as exc:  # noqa: BLE001 - cancellation, forwarded into the handler
                     error = exc
-                    break
                 finally:
                     self.park = None
-                if kind == _RESUME:
-                    break
+                outcome, self.outcome = self.outcome, None
+                if outcome is None:
+                    break  # cancelled while parked: `error` goes into the handler
+                kind, payload = outcome
                 if kind == _DONE:
-                    return payload
+                    return payload  # it finished inline; a cancellation that came after is moot
                 if kind == _ERROR:
                     raise payload
+                if kind == _RESUME or error is not None:
+                    break
                 yielded = payload  # _YIELDED: a real awaitable, passed to the Task below
             else:
                 try:

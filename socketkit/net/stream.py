@@ -53,7 +53,7 @@ class StreamProtocol(asyncio.Protocol):
         d = s._driver
         if d is not None and not s._buf:
             park = d.park
-            if park is not None and not park.done():
+            if park is not None and not park.done() and not d.stepping:
                 # The handler is parked on this stream with nothing buffered: hand the bytes over as
                 # they are and resume it here (see socketkit.net.driver).
                 s._handoff = data
@@ -66,7 +66,7 @@ class StreamProtocol(asyncio.Protocol):
             s._transport.pause_reading()
         if d is not None:
             park = d.park
-            if park is not None and not park.done():
+            if park is not None and not park.done() and not d.stepping:
                 d.step_inline()
                 return
         w = s._read_waiter
@@ -239,7 +239,7 @@ class Stream:
     async def _fill(self, timeout: float | None) -> None:
         """Wait until more bytes arrive (or EOF / error)."""
         d = self._driver
-        if self._read_waiter is not None or (d is not None and d.park is not None and not d.stepping):
+        if self._read_waiter is not None or (d is not None and d.parked and not d.stepping):
             raise RuntimeError("another task is already receiving on this stream")
         if d is not None and d.stepping and timeout is None and self._deadline is None:
             if self._reading_paused:
