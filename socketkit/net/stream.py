@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 
@@ -419,9 +421,11 @@ class Stream:
         Always `await stream.send(...)`. (It is a plain method returning an awaitable so that the common
         case, buffer not full, costs no coroutine.)
         """
-        if self._send_blocked:
+        transport = self._transport
+        if self._send_blocked or transport.is_closing():
+            # (is_closing: a write already failed; the transport drops the rest until connection_lost)
             raise self._send_failure()
-        self._transport.write(data)
+        transport.write(data)
         self.bytes_out += len(data)
         if self._writing_paused:
             return self._drain(timeout)
@@ -598,6 +602,12 @@ class Stream:
         self._closing = True
         self._send_blocked = True
         if self._transport is not None and not self._lost:
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                try:  # linger 0: the kernel sends RST instead of FIN, so the peer sees a reset
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
             self._transport.abort()
         self._wake_reader()
 
