@@ -440,3 +440,27 @@ def group_cpu_seconds(pgid: int) -> float | None:
         if int(fields[2]) == pgid:
             total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- added for bench/mail.py
+
+
+def filesystem_of(path: str | os.PathLike[str]) -> str:
+    """'ext2/ext3 on /tmp (block size 4096)': what `stat -f` says about the file system holding `path`.
+
+    Storage benchmarks depend on it more than on anything else (fsync on tmpfs costs nothing).
+    """
+    try:
+        done = subprocess.run(
+            ["stat", "-f", "-c", "%T (block size %S)", str(path)], capture_output=True, text=True, timeout=10
+        )
+        if done.returncode == 0 and done.stdout.strip():
+            return f"{done.stdout.strip()} at {path}"
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return f"unknown file system at {path}"
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """'12 RCPT 451, 3 connection closed': a Counter of error kinds, the most frequent first."""
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

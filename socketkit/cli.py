@@ -91,6 +91,64 @@ def build_parser() -> argparse.ArgumentParser:
     _server_options(p)
     p.set_defaults(run=_cmd_web)
 
+    p = sub.add_parser("user", help="accounts for the services that log users in (mail, chat)")
+    usub = p.add_subparsers(dest="user_command", metavar="ACTION")
+    usub.required = True
+    for action, helptext in (("add", "add an account (the password is asked twice)"),
+                             ("passwd", "change an account's password")):
+        u = usub.add_parser(action, help=helptext)
+        u.add_argument("name")
+        u.add_argument("--password-stdin", action="store_true", help="read the password from stdin's first line")
+        u.set_defaults(run=_cmd_user_add if action == "add" else _cmd_user_passwd)
+    usub.choices["add"].add_argument("--email")
+    u = usub.add_parser("del", help="delete an account")
+    u.add_argument("name")
+    u.set_defaults(run=_cmd_user_del)
+    u = usub.add_parser("list", help="list accounts: name, email, created, disabled")
+    u.set_defaults(run=_cmd_user_list)
+    for u in usub.choices.values():
+        u.add_argument("--db", metavar="PATH", help="accounts database (default: DATA_DIR/accounts.db)")
+
+    p = sub.add_parser("mail", help="receive mail over SMTP into Maildirs; `mail send` sends one message")
+    p.add_argument("--listen", action="append", metavar="URL",
+                   help="endpoint to listen on, repeatable (default tcp://127.0.0.1:2525; :25 as root)")
+    p.add_argument("--maildir", metavar="DIR", help="where mail is stored: DIR/<local@domain>/ per recipient "
+                   "(default: the data directory's mail/)")
+    p.add_argument("--catch-all", action="store_true", help="store every message in the one Maildir DIR")
+    p.add_argument("--domain", action="append", default=[], metavar="D",
+                   help="accept mail for this domain, repeatable (default: localhost and this host's name)")
+    p.add_argument("--accept-all", action="store_true",
+                   help="accept every recipient: a development sink, never for the open internet")
+    p.add_argument("--hostname", help="the name the server greets with and writes in Received:")
+    p.add_argument("--insecure-auth", action="store_true", help="allow AUTH without STARTTLS")
+    p.add_argument("--no-starttls", action="store_true", help="do not offer STARTTLS")
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate for STARTTLS (default: the dev one)")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key for --tls-cert")
+    p.add_argument("--max-size", type=int, metavar="BYTES", help="largest message accepted (SIZE)")
+    p.add_argument("--max-recipients", type=int, metavar="N", help="recipients per message")
+    p.add_argument("--command-timeout", type=float, metavar="S", help="seconds per command (default 300)")
+    p.add_argument("--data-timeout", type=float, metavar="S", help="seconds for a whole DATA (default 600)")
+    p.add_argument("--max-connections", type=int, help="open connections before new ones get 421")
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
+    p.add_argument("--user", help="after binding (port 25 as root), drop privileges to this user")
+    p.set_defaults(run=_cmd_mail)
+    msub = p.add_subparsers(dest="mail_command", metavar="ACTION")
+    m = msub.add_parser("send", help="send one message over SMTP")
+    m.add_argument("--from", dest="sender", required=True, metavar="ADDRESS")
+    m.add_argument("--to", action="append", required=True, metavar="ADDRESS", help="repeatable")
+    m.add_argument("--subject", default="")
+    m.add_argument("--body", help="the text (default: read from stdin)")
+    m.add_argument("--attach", action="append", default=[], metavar="FILE", help="repeatable")
+    m.add_argument("--server", default="tcp://127.0.0.1:2525", metavar="URL",
+                   help="tcp://host:port, or tls://host:465 for implicit TLS (default tcp://127.0.0.1:2525)")
+    m.add_argument("--starttls", action="store_true", help="upgrade to TLS before anything else")
+    m.add_argument("--auth", metavar="USER:PASS", help="log in (AUTH PLAIN or LOGIN)")
+    m.add_argument("--helo", metavar="NAME", help="the name to send in EHLO (default: this host's name)")
+    m.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
+    m.add_argument("--ca", metavar="FILE", help="trust this CA for the server's certificate")
+    m.add_argument("--timeout", type=float, default=30.0, help="seconds per step")
+    m.set_defaults(run=_cmd_mail_send)
+
     p = sub.add_parser("cert", help="development certificates: a local CA and certificates it signs")
     csub = p.add_subparsers(dest="cert_command", metavar="ACTION")
     csub.required = True
@@ -184,6 +242,95 @@ def _cmd_web(args: argparse.Namespace) -> int:
         forwarded_allow_ips=tuple(x.strip() for x in args.forwarded_allow_ips.split(",") if x.strip()),
         access_log=args.access_log, lifespan=args.lifespan,
     )
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    import getpass
+
+    password = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != password:
+        raise SocketkitError("the two passwords differ; nothing changed")
+    return password
+
+
+def _cmd_user_add(args: argparse.Namespace) -> int:
+    from socketkit.accounts import AccountExistsError, AccountStore
+
+    with AccountStore(args.db) as store:
+        if store.get(args.name) is not None:  # tell before asking for a password (get checks the name)
+            raise AccountExistsError(f"account {args.name!r} already exists (names ignore case)")
+        store.add(args.name, _read_password(args), email=args.email)
+    print(f"account {args.name} added")
+    return 0
+
+
+def _cmd_user_passwd(args: argparse.Namespace) -> int:
+    from socketkit.accounts import AccountNotFoundError, AccountStore
+
+    with AccountStore(args.db) as store:
+        if store.get(args.name) is None:
+            raise AccountNotFoundError(f"no account named {args.name!r}")
+        store.set_password(args.name, _read_password(args))
+    print(f"password of {args.name} changed")
+    return 0
+
+
+def _cmd_user_del(args: argparse.Namespace) -> int:
+    from socketkit.accounts import AccountStore
+
+    with AccountStore(args.db) as store:
+        store.delete(args.name)
+    print(f"account {args.name} deleted")
+    return 0
+
+
+def _cmd_user_list(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from socketkit.accounts import AccountStore
+
+    with AccountStore(args.db) as store:
+        for a in store.list():
+            created = dt.datetime.fromtimestamp(a.created_at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            print("\t".join([a.name, a.email or "-", created] + (["disabled"] if a.disabled else [])))
+    return 0
+
+
+def _cmd_mail(args: argparse.Namespace) -> int:
+    from socketkit.mail import server
+
+    options = {name: getattr(args, name) for name in
+               ("max_size", "max_recipients", "command_timeout", "data_timeout", "max_connections",
+                "hostname", "tls_cert", "tls_key") if getattr(args, name) is not None}
+    config = server.MailConfig(
+        maildir=args.maildir, catch_all=args.catch_all, domains=args.domain, accept_all=args.accept_all,
+        insecure_auth=args.insecure_auth, starttls=not args.no_starttls, **options)
+    return server.run(config, args.listen, workers=args.workers, user=args.user, loop=args.loop)
+
+
+def _cmd_mail_send(args: argparse.Namespace) -> int:
+    from socketkit.mail import sender
+
+    auth = None
+    if args.auth is not None:
+        user, colon, password = args.auth.partition(":")
+        if not colon or not user:
+            raise SocketkitError("--auth wants USER:PASSWORD")
+        auth = (user, password)
+    body = args.body
+    if body is None:
+        if sys.stdin.isatty():
+            print("reading the message text from stdin; end it with Ctrl-D", file=sys.stderr)
+        body = sys.stdin.read()
+    msg = sender.build_message(args.sender, args.to, args.subject, body, attachments=args.attach)
+    result = sender.send(msg, loop=args.loop, server=args.server, starttls=args.starttls, auth=auth,
+                         helo=args.helo, insecure=args.insecure, ca=args.ca, timeout=args.timeout)
+    for rcpt, reply in result.refused:
+        print(f"warning: <{rcpt}> refused: {sender.describe(reply)}", file=sys.stderr)
+    print(f"sent: {result}")
+    return 0
 
 
 def _cmd_cert_ca(args: argparse.Namespace) -> int:

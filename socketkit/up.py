@@ -83,6 +83,19 @@ SERVICES: list[Service] = [
 ]
 
 
+async def _start_mail(ctx: UpContext) -> list[Server]:
+    from socketkit.mail.server import MailConfig, start
+    from socketkit.net.certs import data_dir
+
+    # A development sink: every recipient accepted, one Maildir per recipient under the data directory.
+    mail = await start(MailConfig(maildir=data_dir() / "mail", accept_all=True),
+                       ctx.listen("mail", f"tcp://{ctx.host}:2525"))
+    return [mail.server]
+
+
+SERVICES.append(Service("mail", "SMTP sink (any recipient) into Maildirs: socketkit mail send", _start_mail))
+
+
 async def start_all(ctx: UpContext, only: set[str] | None = None) -> list[Running]:
     try:
         for svc in SERVICES:

@@ -134,10 +134,19 @@ async def _connect(ep: Endpoint, limits: Limits | None, ctx: ssl.SSLContext | No
     loop = asyncio.get_running_loop()
     stream = Stream(limits=limits, endpoint=ep)
     if ep.is_unix:
+        # Connect the socket ourselves: uvloop hands a path to libuv's uv_pipe_connect, which takes a
+        # NUL-terminated string and so fails with EINVAL on abstract names ("@name" -> "\0name").
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            await loop.create_unix_connection(lambda: stream.protocol, ep.socket_path)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ep.socket_path)
+            await loop.create_unix_connection(lambda: stream.protocol, sock=sock)
         except OSError as e:
+            sock.close()
             raise ConnectError(f"could not connect ({_why(e)})", endpoint=ep) from e
+        except BaseException:
+            sock.close()
+            raise
         return stream
     try:
         infos = await loop.getaddrinfo(ep.host, ep.port, type=socket.SOCK_STREAM)
@@ -153,7 +162,10 @@ async def _connect(ep: Endpoint, limits: Limits | None, ctx: ssl.SSLContext | No
         from socketkit.net import tls
 
         ctx = ctx or tls.client_context(ep)
-        server_hostname = tls.server_hostname(ep) if ctx.check_hostname or ep.option("sni") else None
+        # Always name the server: asyncio and uvloop refuse ssl= on a ready socket without
+        # server_hostname (ValueError), which broke ?pin= and ?verify=false. For an IP literal
+        # Python's ssl sends no SNI anyway; "" would mean "no SNI, no name check".
+        server_hostname = tls.server_hostname(ep) or ""
     try:
         await loop.create_connection(
             lambda: stream.protocol, sock=sock, ssl=ctx if ep.is_tls else None,
@@ -162,9 +174,14 @@ async def _connect(ep: Endpoint, limits: Limits | None, ctx: ssl.SSLContext | No
         )
     except ssl.SSLError as e:
         sock.close()
-        raise TLSError(f"TLS handshake failed: {e.verify_message or e.reason or e}"
-                       if isinstance(e, ssl.SSLCertVerificationError) else f"TLS handshake failed: {e.reason or e}",
-                       endpoint=ep) from e
+        from socketkit.net import tls
+
+        # A pin mismatch is raised from inside the handshake as PinError (a TLSError and an SSLError
+        # without .reason); translate_error passes it through and explains the OpenSSL ones.
+        err = tls.translate_error(e, ep)
+        if err is e:
+            raise
+        raise err from e
     except OSError as e:
         sock.close()
         raise PeerResetError(f"connection lost during set-up ({_why(e)})", endpoint=ep) from e

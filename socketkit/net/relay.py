@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from socketkit.errors import SocketkitError
+from socketkit.errors import ClosedError, PeerResetError, SocketkitError, TLSError
 from socketkit.net.connect import connect
 from socketkit.net.endpoint import Endpoint, parse
 from socketkit.net.limits import Limits
@@ -19,15 +19,22 @@ log = logging.getLogger("socketkit.relay")
 
 
 async def pump(src: Stream, dst: Stream, chunk: int = 65536) -> int:
-    """Copy src to dst until src ends; then half-close dst (or close it when it cannot half-close)."""
+    """Copy src to dst until src ends; then half-close dst (or close it when it cannot half-close).
+
+    A reset, a TLS failure or a close on either side ends this direction and closes dst (which ends the
+    other direction too): for a relay that is how a conversation ends, not a bug to log with a traceback.
+    """
     moved = 0
+    broken = False
     try:
         while data := await src.receive(chunk):
             await dst.send(data)
             moved += len(data)
+    except (PeerResetError, ClosedError, TLSError):
+        broken = True
     finally:
         try:
-            if dst._is_tls or src._error is not None:
+            if broken or dst._is_tls or src._error is not None:
                 dst.close()
             else:
                 await dst.send_eof()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import json
 import base64
 import contextlib
+import json
 import os
+import shutil
 import struct
 from pathlib import Path
 
