@@ -1,0 +1,207 @@
+"""Maildir: the delivery protocol (tmp -> fsync -> link -> fsync dir), reading, clean-up, routing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from socketkit.mail import maildir as maildir_module
+from socketkit.mail.maildir import Maildir, MailStore, mailbox_name
+
+
+def test_creates_private_directories(tmp_path: Path):
+    Maildir(tmp_path / "box")
+    for sub in ("", "tmp", "new", "cur"):
+        path = tmp_path / "box" / sub
+        assert path.is_dir()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700
+
+
+def test_deliver_get_list_delete(tmp_path: Path):
+    box = Maildir(tmp_path)
+    first = box.deliver(b"Subject: one\r\n\r\nbody\r\n")
+    second = box.deliver(b"two")
+    assert first != second
+    assert box.list() == [first, second]
+    assert box.get(first) == b"Subject: one\r\n\r\nbody\r\n"
+    assert box.path(second) == tmp_path / "new" / second
+    assert stat.S_IMODE(box.path(first).stat().st_mode) == 0o600
+    assert os.listdir(tmp_path / "tmp") == []  # nothing left behind
+    assert first in box and len(box) == 2
+    box.delete(first)
+    assert box.list() == [second] and first not in box
+    with pytest.raises(KeyError):
+        box.get(first)
+    with pytest.raises(KeyError):
+        box.delete(first)
+
+
+def test_names_follow_the_maildir_convention(tmp_path: Path):
+    name = Maildir(tmp_path).deliver(b"x")
+    sec, rest = name.split(".", 1)
+    assert sec.isdigit() and abs(int(sec) - time.time()) < 60
+    assert rest.startswith("M") and f"P{os.getpid()}Q" in rest
+    assert "/" not in name and ":" not in name
+
+
+def test_many_deliveries_are_unique(tmp_path: Path):
+    box = Maildir(tmp_path)
+    ids = {box.deliver(b"%d" % i) for i in range(300)}
+    assert len(ids) == 300 and len(os.listdir(tmp_path / "new")) == 300
+
+
+def test_ids_cannot_escape_the_directory(tmp_path: Path):
+    (tmp_path / "secret").write_bytes(b"no")
+    box = Maildir(tmp_path / "box")
+    for bad in ("../secret", "", ".hidden", "a/b", "x\0y"):
+        with pytest.raises(KeyError):
+            box.get(bad)
+
+
+def test_messages_in_cur_are_found_with_their_flags(tmp_path: Path):
+    box = Maildir(tmp_path)
+    mid = box.deliver(b"seen")
+    os.rename(tmp_path / "new" / mid, tmp_path / "cur" / f"{mid}:2,S")
+    assert box.list() == [mid]
+    assert box.get(mid) == b"seen"
+    assert box.path(mid).name == f"{mid}:2,S"
+
+
+def test_hooks_are_told_and_a_broken_hook_does_not_fail_delivery(tmp_path: Path):
+    box = Maildir(tmp_path)
+    seen: list[str] = []
+
+    def broken(_mid: str) -> None:
+        raise RuntimeError("viewer bug")
+
+    box.on_delivery += [broken, seen.append]
+    mid = box.deliver(b"x")
+    assert seen == [mid]
+
+
+def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    box = Maildir(tmp_path)
+
+    def no_space(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(maildir_module.os, "fsync", no_space)
+    with pytest.raises(OSError):
+        box.deliver(b"data")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path / "new") == [] and os.listdir(tmp_path / "tmp") == []
+
+
+def test_failed_directory_fsync_does_not_claim_the_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    box = Maildir(tmp_path)
+
+    def failing(path: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(maildir_module, "_fsync_dir", failing)
+    with pytest.raises(OSError):
+        box.deliver(b"data")
+    assert os.listdir(tmp_path / "new") == [] and os.listdir(tmp_path / "tmp") == []
+
+
+def test_falls_back_to_rename_where_links_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    box = Maildir(tmp_path)
+
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(maildir_module.os, "link", no_links)
+    mid = box.deliver(b"renamed")
+    assert box.get(mid) == b"renamed" and os.listdir(tmp_path / "tmp") == []
+
+
+def test_the_protocol_order_is_write_fsync_link_fsync_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    box = Maildir(tmp_path)
+    calls: list[str] = []
+    real_fsync, real_link = os.fsync, os.link
+
+    def fsync_dir(path: Path) -> None:
+        calls.append(f"fsync {Path(path).name}/")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            real_fsync(fd)
+        finally:
+            os.close(fd)
+
+    monkeypatch.setattr(maildir_module.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(maildir_module.os, "link", lambda a, b: (calls.append("link"), real_link(a, b))[1])
+    monkeypatch.setattr(maildir_module, "_fsync_dir", fsync_dir)
+    box.deliver(b"x")
+    assert calls == ["fsync", "link", "fsync new/"]
+
+
+def test_tmp_cleanup_follows_the_36_hour_rule(tmp_path: Path):
+    Maildir(tmp_path)
+    old, fresh = tmp_path / "tmp" / "old", tmp_path / "tmp" / "fresh"
+    old.write_bytes(b"torn")
+    fresh.write_bytes(b"in progress elsewhere")
+    past = time.time() - 37 * 3600
+    os.utime(old, (past, past))
+    box = Maildir(tmp_path)  # opening cleans only what is certainly abandoned
+    assert not old.exists() and fresh.exists()
+    assert box.recover() == 1 and not fresh.exists()
+
+
+def test_mailbox_names_are_safe():
+    assert mailbox_name("Bob@Example.ORG") == "bob@example.org"
+    assert mailbox_name("jörg@example.org") == "jörg@example.org"
+    for tricky in ("../../etc@x", "a/b@x", ".hidden@x", '"a b"@x', "x\x00y@z"):
+        name = mailbox_name(tricky)
+        assert "/" not in name and "\0" not in name and not name.startswith(".") and " " not in name
+    assert mailbox_name("a/b@x") != mailbox_name("a_b@x")
+
+
+async def test_store_routes_per_recipient_and_runs_hooks(tmp_path: Path):
+    store = MailStore(tmp_path)
+    seen: list[tuple[str, str]] = []
+    store.on_delivery.append(lambda name, mid: seen.append((name, mid)))
+    result = await store.deliver([("bob@example.org", b"1"), ("Carol@Example.org", b"2")])
+    assert [name for name, _ in result] == ["bob@example.org", "carol@example.org"]
+    assert seen == result
+    assert store.mailbox("bob@example.org").get(result[0][1]) == b"1"
+    assert sorted(store.mailboxes()) == ["bob@example.org", "carol@example.org"]
+
+
+async def test_store_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    store = MailStore(tmp_path)
+    real = Maildir._store
+
+    def fail_for_carol(self: Maildir, data: bytes) -> str:
+        if self.root.name.startswith("carol"):
+            raise OSError(28, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Maildir, "_store", fail_for_carol)
+    with pytest.raises(OSError):
+        await store.deliver([("bob@example.org", b"1"), ("carol@example.org", b"2")])
+    assert store.mailbox("bob@example.org").list() == []
+
+
+async def test_store_catch_all_and_bounded_concurrency(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    store = MailStore(tmp_path, catch_all=True, concurrency=2)
+    running = peak = 0
+    real = Maildir._store
+
+    def slow(self: Maildir, data: bytes) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        time.sleep(0.02)
+        running -= 1
+        return real(self, data)
+
+    monkeypatch.setattr(Maildir, "_store", slow)
+    await asyncio.gather(*(store.deliver([(f"u{i}@x.test", b"%d" % i)]) for i in range(8)))
+    assert peak <= 2
+    assert len(store.mailbox().list()) == 8 and list(store.mailboxes()) == [""]
+    assert sorted(os.listdir(tmp_path)) == ["cur", "new", "tmp"]
