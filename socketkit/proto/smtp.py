@@ -260,6 +260,10 @@ def parse_params(text: str, *, utf8: bool = True) -> dict[str, str | None]:
             raise AddressError(f"bad parameter value {word!r}")
         key = key.upper()
         if key in params:
+            # Python's smtplib sends SMTPUTF8 twice when the caller also asks for it: a repeated flag
+            # with no value means nothing new, so take it; anything else repeated is ambiguous.
+            if not eq and params[key] is None:
+                continue
             raise AddressError(f"duplicate parameter {key}")
         params[key] = value if eq else None
     return params

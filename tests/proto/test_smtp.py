@@ -608,3 +608,15 @@ def test_arbitrary_bytes_never_raise_and_buffer_is_bounded(prefix, chunks, decid
         assert d.conn.buffered_bytes <= max_size + max(max_line, max_pending)
     for line in bytes(d.out).split(b"\r\n")[:-1]:
         assert re.fullmatch(rb"\d{3}([ -].*)?", line), line
+
+
+def test_repeated_valueless_parameter_is_accepted_but_repeated_values_are_not():
+    from socketkit.proto.smtp import AddressError, parse_params
+
+    assert parse_params("SMTPUTF8 SMTPUTF8 BODY=8BITMIME") == {"SMTPUTF8": None, "BODY": "8BITMIME"}
+    for text in ("SIZE=1 SIZE=1", "SIZE=1 SIZE", "SMTPUTF8 SMTPUTF8=x"):
+        try:
+            parse_params(text)
+        except AddressError:
+            continue
+        raise AssertionError(f"{text!r} should be refused")
