@@ -55,8 +55,12 @@ def systemd_sockets(unset: bool = True) -> list[socket.socket]:
             os.environ.pop(name, None)
     socks = []
     for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
-        os.set_inheritable(fd, False)
-        socks.append(socket.socket(fileno=fd))
+        try:
+            os.set_inheritable(fd, False)
+            socks.append(socket.socket(fileno=fd))
+        except OSError as e:
+            raise SocketkitError(f"LISTEN_FDS={count}, but file descriptor {fd} is not a usable socket "
+                                 f"({e.strerror or e})") from None
     return socks
 
 
