@@ -68,11 +68,14 @@ def test_systemd_socket_activation():
     port = listener.getsockname()[1]
 
     fd = listener.fileno()
-    to_fd3 = "" if fd == 3 else f"3<&{fd} {fd}<&-"  # systemd passes the first socket as fd 3
-    # LISTEN_PID must be the server's own pid: a shell execs into it, keeping its pid.
-    cmd = (f"LISTEN_PID=$$ LISTEN_FDS=1 exec {sys.executable} -m socketkit listen tcp://127.0.0.1:1 --echo "
-           f"{to_fd3}")
-    proc = subprocess.Popen(["sh", "-c", cmd], stderr=subprocess.PIPE, pass_fds=(fd,))
+    # Play systemd: the socket as fd 3, LISTEN_PID the server's own pid (exec keeps the pid).
+    launcher = (
+        "import os, sys\n"
+        f"if {fd} != 3:\n    os.dup2({fd}, 3); os.close({fd})\n"
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'socketkit', 'listen', 'tcp://127.0.0.1:1', '--echo'])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", launcher], stderr=subprocess.PIPE, pass_fds=(fd,))
     try:
         lines = _wait_listening(proc)
         assert f":{port}" in lines[0], lines  # the inherited socket, not the (ignored) command-line one
@@ -115,8 +118,13 @@ def test_user_drops_privileges_after_binding():
 
 
 def test_missing_activation_socket_is_one_line_error():
-    cmd = f"LISTEN_PID=$$ LISTEN_FDS=1 exec {sys.executable} -m socketkit listen tcp://127.0.0.1:0 --echo 3<&-"
-    proc = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=DEADLINE)
+    launcher = (
+        "import os, sys\n"
+        "try:\n    os.close(3)\nexcept OSError:\n    pass\n"
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'socketkit', 'listen', 'tcp://127.0.0.1:0', '--echo'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, timeout=DEADLINE)
     assert proc.returncode != 0
     assert "file descriptor 3" in proc.stderr and "Traceback" not in proc.stderr
 
