@@ -6,13 +6,13 @@ Errors become one readable line on stderr and a non-zero exit, never a traceback
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 
 from socketkit.errors import SocketkitError
+from socketkit.net.endpoint import parse
 from socketkit.net.limits import Limits
 
 EXIT_USAGE = 2
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="start every service on unprivileged default ports")
     p.add_argument("--host", default="127.0.0.1", help="address the services listen on")
     p.add_argument("--only", help="comma-separated services to start (default: all)")
+    p.add_argument("--listen", action="append", default=[], metavar="SERVICE=URL",
+                   help="where one service listens instead of its default, e.g. web=tcp://127.0.0.1:0 "
+                        "(repeatable; a service given several times listens on all of them)")
     _limits_options(p)
     p.set_defaults(run=_cmd_up)
 
@@ -131,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connections", type=int, help="open connections before new ones get 421")
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
     p.add_argument("--user", help="after binding (port 25 as root), drop privileges to this user")
+    p.add_argument("--web", action="append", metavar="URL",
+                   help="also serve the inbox (page + JSON API) on this endpoint, e.g. tcp://127.0.0.1:8025")
     p.set_defaults(run=_cmd_mail)
     msub = p.add_subparsers(dest="mail_command", metavar="ACTION")
     m = msub.add_parser("send", help="send one message over SMTP")
@@ -178,6 +183,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from socketkit import up
 
     ctx = up.UpContext(host=args.host, limits=limits_from(args))
+    known = {s.name for s in up.SERVICES}
+    for item in args.listen:
+        name, sep, url = item.partition("=")
+        if not sep or name not in known:
+            raise SocketkitError(f"--listen {item!r}: write SERVICE=URL with SERVICE one of {', '.join(sorted(known))}")
+        ctx.overrides.setdefault(name, []).append(parse(url).format())
     only = set(args.only.split(",")) if args.only else None
     if only:
         unknown = only - {s.name for s in up.SERVICES}
@@ -307,6 +318,11 @@ def _cmd_mail(args: argparse.Namespace) -> int:
     config = server.MailConfig(
         maildir=args.maildir, catch_all=args.catch_all, domains=args.domain, accept_all=args.accept_all,
         insecure_auth=args.insecure_auth, starttls=not args.no_starttls, **options)
+    if args.web:
+        from socketkit.mail import inbox
+
+        return inbox.run_with_inbox(config, args.listen, args.web, workers=args.workers, user=args.user,
+                                    loop=args.loop)
     return server.run(config, args.listen, workers=args.workers, user=args.user, loop=args.loop)
 
 

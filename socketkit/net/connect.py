@@ -149,7 +149,13 @@ async def _connect(ep: Endpoint, limits: Limits | None, ctx: ssl.SSLContext | No
             raise
         return stream
     try:
-        infos = await loop.getaddrinfo(ep.host, ep.port, type=socket.SOCK_STREAM)
+        if ep.ip_version is not None and "%" not in (ep.host or ""):
+            # An IP literal needs no resolver round trip (a thread hop with getaddrinfo).
+            family = socket.AF_INET6 if ep.ip_version == 6 else socket.AF_INET
+            addr = (ep.host, ep.port) if family == socket.AF_INET else (ep.host, ep.port, 0, 0)
+            infos = [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", addr)]
+        else:
+            infos = await loop.getaddrinfo(ep.host, ep.port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise ConnectError(f"cannot resolve {ep.host!r}: {e.strerror}", endpoint=ep) from e
     try:

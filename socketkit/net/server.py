@@ -133,11 +133,13 @@ class Server:
             if sweeper is not None:
                 sweeper.cancel()
 
-    def _factory(self, ep: Endpoint) -> Callable[[], asyncio.Protocol]:
+    def _factory(self, ep: Endpoint, cell: list[Endpoint] | None = None) -> Callable[[], asyncio.Protocol]:
+        """Streams name the endpoint they came in on; `cell` lets it be set once the real port is known."""
         limits = self.limits
+        cell = cell if cell is not None else [ep]
 
         def make() -> asyncio.Protocol:
-            return _ServerProtocol(Stream(limits=limits, endpoint=ep), self)
+            return _ServerProtocol(Stream(limits=limits, endpoint=cell[0]), self)
 
         return make
 
@@ -157,8 +159,9 @@ class Server:
                 self._servers.append(srv)
                 self._endpoints.append(ep)
                 return
+            cell = [ep]
             srv = await loop.create_server(
-                self._factory(ep), ep.host, ep.port, backlog=2048, ssl=self._ssl(ep),
+                self._factory(ep, cell), ep.host, ep.port, backlog=2048, ssl=self._ssl(ep),
                 ssl_handshake_timeout=self.limits.handshake_timeout if ep.is_tls else None,
                 reuse_port=self.reuse_port or ep.flag("reuse_port"), reuse_address=True,
             )
@@ -169,6 +172,7 @@ class Server:
         for sock in srv.sockets:
             addr = sock.getsockname()
             self._endpoints.append(Endpoint(ep.scheme, host=addr[0], port=addr[1], options=ep.options))
+        cell[0] = ep.with_port(self._endpoints[-1].port) if ep.port == 0 and srv.sockets else ep
 
     async def _adopt(self, sock: socket.socket) -> None:
         """Serve on an already-bound listening socket (systemd socket activation, --workers)."""
@@ -280,9 +284,10 @@ class Server:
 
 
 def _is_disconnect(exc: BaseException) -> bool:
-    from socketkit.errors import ClosedError, PeerResetError
+    from socketkit.errors import ClosedError, IncompleteReadError, PeerResetError
 
-    return isinstance(exc, (PeerResetError, ClosedError, ConnectionError))
+    # A client that leaves mid-message ends its conversation; it is not a bug in the handler.
+    return isinstance(exc, (PeerResetError, ClosedError, IncompleteReadError, ConnectionError))
 
 
 def _remove_stale_socket(path: str) -> None:
