@@ -574,7 +574,7 @@ class Stream:
         except ssl.SSLError as e:
             self._transport.abort()
             raise TLSError(f"TLS handshake failed: {e.reason or e}", endpoint=self.endpoint) from e
-        except (TimeoutError, asyncio.TimeoutError) as e:
+        except TimeoutError as e:
             self._transport.abort()
             raise DeadlineError("TLS handshake timed out", seconds=timeout, endpoint=self.endpoint) from e
         except OSError as e:
