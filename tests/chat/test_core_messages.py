@@ -232,3 +232,13 @@ def test_chathistory_without_store_is_unknown():
     net.register("bob", "bob")
     net.send("bob", "CHATHISTORY LATEST #r * 5")
     assert net.codes("bob") == ["421"]
+
+
+def test_long_topic_with_long_names_fits_512():
+    net = Net()
+    nick = "n" * 30
+    chan = "#" + "c" * 63
+    net.register(1, nick, user="u" * 20, host="2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff")
+    net.send(1, f"JOIN {chan}", f"TOPIC {chan} :" + "t" * 390, f"KICK {chan} {nick} :" + "k" * 390)
+    assert all(len(line) <= 512 for line in net.inbox[1])
+    assert any(b" TOPIC " in line for line in net.inbox[1]) and any(b" KICK " in line for line in net.inbox[1])

@@ -1,0 +1,1 @@
+"""The chat service: an IRC server (Modern IRC + IRCv3) built on the sans-I/O ChatCore."""

@@ -1,0 +1,348 @@
+"""The chat server (Modern IRC client protocol + IRCv3) as a sans-I/O state machine.
+
+    core = ChatCore(server_name="irc.example", network="example", clock=time.time, motd=["hi"],
+                    limits=ChatLimits(), history=MemoryHistory(), authenticate=None)
+    out = core.connect(cid, host="127.0.0.1", tls=False)   # every call returns a list of Out items:
+    out = core.receive(cid, b"NICK alice")                  #   Send(cid, line)  write line (CRLF included)
+    out = core.tick()                                       #   Close(cid, reason)  close the socket
+    out = core.auth_result(cid, "alice" or None)            #   AuthRequest(cid, user, password)
+    out = core.disconnect(cid, "Connection reset")
+
+The core never does I/O and reads time only through `clock`. The transport splits lines (without CRLF)
+and bounds them at MAX_LINE; the core answers 417 to a line past the IRC limits. Command handlers live
+in core_register (connection, NICK/USER), core_cap (CAP, SASL), core_channels (JOIN..KICK),
+core_modes (MODE), core_messages (PRIVMSG/NOTICE/TAGMSG, history) and core_info (WHO, WHOIS, ...).
+
+Rules worth knowing:
+- Flood control: a token bucket per client (`flood_burst` lines, then one per `flood_interval` s).
+  Lines past it wait in a queue ("fake lag"), processed in order by later receive()/tick() calls;
+  more than `flood_queue` waiting lines close the client with "Excess Flood". PONG skips the bucket
+  (answering our PING must never be lagged into a timeout); PING does not, because clients use it
+  as an ordering barrier.
+- Fan-out formats a relayed line once per distinct tag-capability set (server-time, message-tags,
+  account-tag) and hands every recipient of that set the same bytes object.
+- NOTICE never produces error numerics (RFC 2812 3.3.2: no automatic replies to a NOTICE).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time as _time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from socketkit.chat import core_cap, core_channels, core_info, core_messages, core_modes, core_register
+from socketkit.chat.core_history import HistoryEntry, HistoryStore, MemoryHistory
+from socketkit.chat.core_state import (
+    TAG_ACCOUNT,
+    TAG_MSGTAGS,
+    TAG_TIME,
+    AuthRequest,
+    Channel,
+    ChatLimits,
+    Client,
+    Close,
+    Out,
+    Send,
+)
+from socketkit.proto.irc import (
+    IRCParseError,
+    LineTooLong,
+    Message,
+    Numeric,
+    casefolder,
+    check_length,
+    format_tags,
+    parse,
+    truncate_utf8,
+)
+
+__all__ = ["ChatCore", "ChatLimits", "Send", "Close", "AuthRequest", "Out", "HistoryStore",
+           "HistoryEntry", "MemoryHistory"]
+
+# command -> (handler(core, client, msg), minimum params, allowed before registration)
+_HANDLERS: dict[str, tuple[Callable[..., None], int, bool]] = {}
+for _mod in (core_register, core_cap, core_channels, core_modes, core_messages, core_info):
+    _HANDLERS.update(_mod.HANDLERS)
+
+
+_TEXT_LAST = frozenset(["PRIVMSG", "NOTICE", "PART", "QUIT", "KICK", "TOPIC", "AWAY"])
+
+
+def _mid(value: object) -> str:
+    """A user-supplied token echoed as a middle param: bounded, and '*' when it could shift params."""
+    text = str(value)[:100]
+    if not text or text[0] == ":" or any(ch in text for ch in " \r\n\0"):
+        return "*"
+    return text
+
+
+def _last(value: object) -> str:
+    return str(value).replace("\r", " ").replace("\n", " ").replace("\0", "")
+
+
+class ChatCore:
+    """All clients and channels of one chat server. Not thread-safe: call it from one task."""
+
+    def __init__(self, server_name: str = "irc.socketkit.local", network: str = "socketkit",
+                 clock: Callable[[], float] = _time.time, motd: Iterable[str] | None = None,
+                 limits: ChatLimits | None = None, history: HistoryStore | None = None,
+                 authenticate: Callable[[str, str], Any] | None = None, *, sasl: bool = True,
+                 password: str | None = None, casemapping: str = "rfc1459",
+                 version: str = "socketkit-0.1", default_modes: str = "nt") -> None:
+        self.server_name = server_name
+        self.network = network
+        self.clock = clock
+        self.motd = list(motd) if motd is not None else []
+        self.limits = limits or ChatLimits()
+        self.history = history
+        self.authenticate = authenticate  # sync (user, password) -> account | None; else AuthRequest
+        self.sasl = sasl
+        self.password = password
+        self.casemapping = casemapping
+        self.fold = casefolder(casemapping)
+        self.version = version
+        self.default_modes = set(default_modes)
+        self.created = clock()
+        self.clients: dict[Any, Client] = {}
+        self.nicks: dict[str, Client] = {}
+        self.channels: dict[str, Channel] = {}
+        self.max_users = 0
+        self.caps = core_cap.available_caps(self)
+        self._out: list[Out] = []
+        self._msgid_prefix = secrets.token_urlsafe(6)
+        self._msgid_counter = 0
+
+    # --- public API -----------------------------------------------------------------------------------
+
+    def connect(self, cid: Any, host: str = "127.0.0.1", tls: bool = False, websocket: bool = False
+                ) -> list[Out]:
+        if cid in self.clients:
+            raise ValueError(f"connection id {cid!r} is already connected")
+        now = self.clock()
+        if host.startswith(":"):  # '::1' would read as a trailing param in WHO/WHOIS replies
+            host = "0" + host
+        c = Client(cid, host, tls, websocket, now, last_active=now, tokens=float(self.limits.flood_burst),
+                   refilled=now)
+        c.update_prefix()
+        self.clients[cid] = c
+        return self._flush()
+
+    def receive(self, cid: Any, line: bytes) -> list[Out]:
+        """Handle one line from `cid` (CRLF optional). Never raises on bad input."""
+        c = self.clients.get(cid)
+        if c is None:
+            return []
+        now = self.clock()
+        c.last_active = now
+        c.ping_sent = None  # any line proves the client alive
+        try:
+            check_length(line, client=True)
+            item: Message | IRCParseError = parse(line)
+        except IRCParseError as exc:
+            item = exc
+        if isinstance(item, Message) and item.command == "PONG":
+            return self._flush()
+        self._refill(c, now)
+        self._drain(c)
+        if not c.closed:
+            if not c.queue and c.tokens >= 1.0:
+                c.tokens -= 1.0
+                self._handle(c, item)
+            elif len(c.queue) >= self.limits.flood_queue:
+                self.drop(c, "Excess Flood")
+            else:
+                c.queue.append(item)
+        return self._flush()
+
+    def disconnect(self, cid: Any, reason: str = "Connection closed") -> list[Out]:
+        """The socket is gone: tell the client's channels, forget it. Idempotent."""
+        c = self.clients.get(cid)
+        if c is not None:
+            self.drop(c, reason, error=False)
+        return self._flush()
+
+    def tick(self) -> list[Out]:
+        """Run fake-lagged lines whose time has come, PING idle clients, drop dead ones."""
+        now = self.clock()
+        lim = self.limits
+        for c in list(self.clients.values()):
+            if c.closed:
+                continue
+            if c.queue:
+                self._refill(c, now)
+                self._drain(c)
+                if c.closed:
+                    continue
+            if not c.registered:
+                if now - c.connected >= lim.registration_timeout:
+                    self.drop(c, "Registration timed out")
+            elif c.ping_sent is not None:
+                if now - c.ping_sent >= lim.ping_timeout:
+                    self.drop(c, f"Ping timeout: {int(now - c.last_active)} seconds")
+            elif now - c.last_active >= lim.ping_interval:
+                c.ping_sent = now
+                self.send(c, Message({}, None, "PING", [self.server_name]).format())
+        return self._flush()
+
+    def auth_result(self, cid: Any, account: Any) -> list[Out]:
+        """The answer to an AuthRequest: an account name (or an object with `.name`) or None."""
+        c = self.clients.get(cid)
+        if c is not None and c.sasl_pending:
+            core_cap.finish_sasl(self, c, account)
+        return self._flush()
+
+    # --- helpers used by the handler modules ----------------------------------------------------------
+
+    def _flush(self) -> list[Out]:
+        out, self._out = self._out, []
+        return out
+
+    def _refill(self, c: Client, now: float) -> None:
+        burst = float(self.limits.flood_burst)
+        if c.tokens < burst:
+            c.tokens = min(burst, c.tokens + (now - c.refilled) / self.limits.flood_interval)
+        c.refilled = now
+
+    def _drain(self, c: Client) -> None:
+        while c.queue and c.tokens >= 1.0 and not c.closed:
+            c.tokens -= 1.0
+            self._handle(c, c.queue.popleft())
+
+    def _handle(self, c: Client, item: Message | IRCParseError) -> None:
+        if isinstance(item, LineTooLong):
+            self.num(c, Numeric.ERR_INPUTTOOLONG, "Input line was too long")
+            return
+        if not isinstance(item, Message):
+            return  # garbage is ignored, as Modern IRC allows; it still cost a token
+        entry = _HANDLERS.get(item.command)
+        if entry is None:
+            self.num(c, Numeric.ERR_UNKNOWNCOMMAND, item.command, "Unknown command")
+            return
+        handler, min_params, early = entry
+        if not c.registered and not early:
+            self.num(c, Numeric.ERR_NOTREGISTERED, "You have not registered")
+            return
+        if len(item.params) < min_params:
+            if item.command != "NOTICE":
+                self.num(c, Numeric.ERR_NEEDMOREPARAMS, item.command, "Not enough parameters")
+            return
+        handler(self, c, item)
+
+    def send(self, c: Client, line: bytes) -> None:
+        self._out.append(Send(c.cid, line))
+
+    def reply(self, c: Client, command: str, *params: str, source: str | None = None,
+              tags: dict[str, str] | None = None, trailing: bool | None = None) -> None:
+        """A message from the server (or `source`) to one client; the last of several params gets ':'."""
+        ps = [*map(_mid, params[:-1]), _last(params[-1])] if params else []
+        msg = Message(tags or {}, source or self.server_name, command, ps)
+        self._out.append(Send(c.cid, msg.format(trailing=len(params) > 1 if trailing is None else trailing)))
+
+    def num(self, c: Client, code: str, *params: object) -> None:
+        """Numeric reply: `code nick middle... :last`, user-supplied middles made safe."""
+        ps = [c.nick or "*"]
+        if params:
+            ps.extend(_mid(p) for p in params[:-1])
+            ps.append(_last(params[-1]))
+        self._out.append(Send(c.cid, Message({}, self.server_name, code, ps).format(trailing=len(ps) > 1)))
+
+    def notice(self, c: Client, text: str) -> None:
+        self.reply(c, "NOTICE", c.nick or "*", text)
+
+    def drop(self, c: Client, reason: str, *, error: bool = True, quit_message: str | None = None) -> None:
+        """Close `c`: ERROR line and Close (unless the socket is already gone), QUIT to its channels."""
+        if c.closed:
+            return
+        c.closed = True
+        if error:
+            line = Message({}, None, "ERROR", [_last(f"Closing Link: {c.host} ({reason})")]).format(trailing=True)
+            self.send(c, line)
+            self._out.append(Close(c.cid, reason))
+        if c.registered:
+            peers = self.peers(c)
+            if peers:
+                self.relay(peers, c, "QUIT", [_last(quit_message or reason)])
+        for ch in list(c.channels.values()):
+            self.remove_member(ch, c)
+        c.channels.clear()
+        c.queue.clear()
+        if c.folded is not None and self.nicks.get(c.folded) is c:
+            del self.nicks[c.folded]
+        self.clients.pop(c.cid, None)
+
+    def remove_member(self, ch: Channel, c: Client) -> None:
+        ch.members.pop(c, None)
+        ch.ban_cache.pop(c, None)
+        c.channels.pop(ch.folded, None)
+        if not ch.members:
+            self.channels.pop(ch.folded, None)
+
+    def peers(self, c: Client, include_self: bool = False) -> list[Client]:
+        """Everyone sharing a channel with `c`, each once."""
+        seen: dict[Client, None] = {c: None} if include_self else {}
+        for ch in c.channels.values():
+            seen.update(dict.fromkeys(ch.members))
+        if not include_self:
+            seen.pop(c, None)
+        return list(seen)
+
+    def new_msgid(self) -> str:
+        self._msgid_counter += 1
+        return f"{self._msgid_prefix}{self._msgid_counter:x}{secrets.token_urlsafe(6)}"
+
+    @staticmethod
+    def isotime(t: float) -> str:
+        dt = datetime.fromtimestamp(t, UTC)
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+    def relay(self, recipients: Iterable[Client], source: Client | str, command: str, params: list[str], *,
+              msgid: str | None = None, client_tags: dict[str, str] | None = None, tags_only: bool = False,
+              when: float | None = None, account: str | None = None, extra: dict[str, str] | None = None
+              ) -> None:
+        """Send one event to many clients, formatting it once per tag-capability set.
+
+        `tags_only` (TAGMSG) skips clients without message-tags. `extra` tags (e.g. batch) go to all."""
+        if isinstance(source, Client):
+            account = source.account if account is None else account
+            src = source.prefix
+        else:
+            src = source
+        text_last = command in _TEXT_LAST
+        body = Message({}, src, command, params).format(trailing=text_last)
+        if len(body) > 512 and text_last and params:  # long names + a max-length text: cut the text
+            excess = len(body) - 512
+            params = [*params[:-1], truncate_utf8(params[-1], len(params[-1].encode()) - excess)]
+            body = Message({}, src, command, params).format(trailing=True)
+        stamp: str | None = None
+        cache: dict[int, bytes] = {}
+        out = self._out
+        for r in recipients:
+            mask = r.tagmask
+            if tags_only and not mask & TAG_MSGTAGS:
+                continue
+            line = cache.get(mask)
+            if line is None:
+                tags: dict[str, str] = dict(extra) if extra else {}
+                if mask & TAG_TIME:
+                    if stamp is None:
+                        stamp = self.isotime(self.clock() if when is None else when)
+                    tags["time"] = stamp
+                if mask & TAG_MSGTAGS:
+                    if msgid:
+                        tags["msgid"] = msgid
+                    if client_tags:
+                        tags.update(client_tags)
+                if mask & TAG_ACCOUNT and account:
+                    tags["account"] = account
+                line = format_tags(tags).encode() + body if tags else body
+                cache[mask] = line
+            out.append(Send(r.cid, line))
+
+    def lookup_nick(self, nick: str) -> Client | None:
+        c = self.nicks.get(self.fold(nick))
+        return c if c is not None and c.registered else None
+
+    def lookup_channel(self, name: str) -> Channel | None:
+        return self.channels.get(self.fold(name))

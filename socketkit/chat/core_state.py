@@ -1,0 +1,168 @@
+"""The chat core's data: limits, output items, clients and channels. No behaviour beyond bookkeeping."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ChatLimits", "Send", "Close", "AuthRequest", "Out", "Client", "Channel", "glob_match",
+           "normalize_mask"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatLimits:
+    """Every bound the chat core enforces; the lengths are advertised in RPL_ISUPPORT."""
+
+    nicklen: int = 30
+    channellen: int = 64
+    topiclen: int = 390
+    kicklen: int = 390
+    awaylen: int = 390
+    quitlen: int = 390
+    userlen: int = 16
+    keylen: int = 23
+    maxtargets: int = 4
+    chanlimit: int = 50          # channels per client (405 past it)
+    modes: int = 4               # modes with a parameter per MODE command
+    maxbans: int = 100           # MAXLIST b:
+    masklen: int = 128           # longest ban mask accepted
+    max_invites: int = 100       # pending invites kept per channel
+    flood_burst: int = 10        # lines a client may send at once...
+    flood_interval: float = 0.5  # ...then one line per this many seconds
+    flood_queue: int = 50        # lines held back ("fake lag") before Excess Flood
+    ping_interval: float = 120.0  # idle seconds before the server PINGs
+    ping_timeout: float = 60.0   # seconds to answer that PING
+    registration_timeout: float = 60.0
+    list_max: int = 1000         # LIST entries per reply
+    who_max: int = 500           # WHO entries per reply
+    history_replay: int = 20     # lines replayed on JOIN (0: none)
+    chathistory_max: int = 100   # CHATHISTORY limit ceiling
+    sasl_max: int = 8192         # base64 octets in one AUTHENTICATE exchange
+    sasl_failures: int = 3       # failed SASL attempts per connection before it is closed
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write `line` (a complete IRC line, CRLF included) to connection `cid`. Lines fanned out to many
+    clients are the same bytes object."""
+
+    cid: Any
+    line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close connection `cid` after writing what was sent before; the core has forgotten it already."""
+
+    cid: Any
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """Verify `username`/`password` (SASL PLAIN) and answer with `ChatCore.auth_result(cid, account)`."""
+
+    cid: Any
+    username: str
+    password: str
+
+    def __repr__(self) -> str:  # keep passwords out of logs and test failure output
+        return f"AuthRequest(cid={self.cid!r}, username={self.username!r}, password='***')"
+
+
+Out = Send | Close | AuthRequest
+
+# Bits of Client.tagmask: the capabilities that change how a relayed line is written.
+TAG_TIME, TAG_MSGTAGS, TAG_ACCOUNT = 1, 2, 4
+
+
+@dataclass(eq=False, slots=True)
+class Client:
+    cid: Any
+    host: str
+    tls: bool
+    websocket: bool
+    connected: float
+    nick: str | None = None
+    folded: str | None = None
+    user: str | None = None
+    realname: str = ""
+    registered: bool = False
+    cap_hold: bool = False              # CAP LS/REQ seen and no CAP END yet
+    cap_version: int = 0
+    caps: set[str] = field(default_factory=set)
+    tagmask: int = 0
+    password: str | None = None         # from PASS
+    account: str | None = None
+    away: str | None = None
+    invisible: bool = False
+    channels: dict[str, Channel] = field(default_factory=dict)  # folded name -> channel
+    prefix: str = "*"                   # nick!user@host once known
+    last_active: float = 0.0            # last line received (idle for PING)
+    last_spoke: float = 0.0             # last PRIVMSG/NOTICE (WHOIS idle)
+    ping_sent: float | None = None
+    tokens: float = 0.0
+    refilled: float = 0.0
+    queue: deque = field(default_factory=deque)
+    sasl_buf: str | None = None         # collecting base64 after AUTHENTICATE PLAIN
+    sasl_pending: bool = False          # an AuthRequest is out
+    sasl_failures: int = 0
+    closed: bool = False
+
+    def update_prefix(self) -> None:
+        self.prefix = f"{self.nick or '*'}!{self.user or '*'}@{self.host}"
+
+
+@dataclass(eq=False, slots=True)
+class Channel:
+    name: str
+    folded: str
+    created: float
+    members: dict[Client, str] = field(default_factory=dict)  # client -> "" / "o" / "v" / "ov"
+    topic: str = ""
+    topic_by: str = ""
+    topic_time: float = 0.0
+    modes: set[str] = field(default_factory=set)  # flag modes among i m n t
+    key: str | None = None
+    limit: int | None = None
+    bans: list[tuple[str, str, float]] = field(default_factory=list)  # (mask, set by, when)
+    ban_folded: list[str] = field(default_factory=list)                # the masks, case-folded
+    invites: set[str] = field(default_factory=set)                     # folded nicks
+    ban_cache: dict[Client, tuple[str, bool]] = field(default_factory=dict)  # member -> (prefix, banned)
+
+
+def normalize_mask(mask: str) -> str:
+    """nick -> nick!*@*, user@host -> *!user@host, nick!user -> nick!user@*."""
+    if "!" not in mask and "@" not in mask:
+        return f"{mask}!*@*"
+    if "!" not in mask:
+        return f"*!{mask}"
+    if "@" not in mask:
+        return f"{mask}@*"
+    return mask
+
+
+def glob_match(pattern: str, text: str) -> bool:
+    """'*' any run, '?' one character, everything else literal. The classic two-pointer walk: at most
+    len(pattern) * len(text) steps, so a mask full of stars cannot blow up the way a regex would."""
+    p = t = 0
+    star = -1
+    mark = 0
+    np, nt = len(pattern), len(text)
+    while t < nt:
+        if p < np and (pattern[p] == "?" or pattern[p] == text[t]):
+            p += 1
+            t += 1
+        elif p < np and pattern[p] == "*":
+            star, mark = p, t
+            p += 1
+        elif star >= 0:
+            p = star + 1
+            mark += 1
+            t = mark
+        else:
+            return False
+    while p < np and pattern[p] == "*":
+        p += 1
+    return p == np
