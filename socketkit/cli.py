@@ -154,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--timeout", type=float, default=30.0, help="seconds per step")
     m.set_defaults(run=_cmd_mail_send)
 
+    p = sub.add_parser("chat", help="chat server: IRC clients on tcp/tls, browsers over WebSocket")
+    p.add_argument("--listen", action="append", metavar="URL",
+                   help="IRC endpoint, repeatable (default tcp://127.0.0.1:6667 and tls://127.0.0.1:6697)")
+    p.add_argument("--web", action="append", metavar="URL", help="also serve the chat page (and its WebSocket) here")
+    p.add_argument("--data", metavar="DIR", help="where history.db is kept (default: the data directory/chat)")
+    p.add_argument("--backplane", metavar="redis://HOST:PORT", help="share channels with other nodes through Redis")
+    p.add_argument("--server-name", default="irc.socketkit.local")
+    p.add_argument("--no-sasl", action="store_true", help="do not offer SASL logins")
+    p.add_argument("--user", help="after binding, drop privileges to this user (when started as root)")
+    _limits_options(p)
+    p.set_defaults(run=_cmd_chat)
+
     p = sub.add_parser("cert", help="development certificates: a local CA and certificates it signs")
     csub = p.add_subparsers(dest="cert_command", metavar="ACTION")
     csub.required = True
@@ -347,6 +359,43 @@ def _cmd_mail_send(args: argparse.Namespace) -> int:
         print(f"warning: <{rcpt}> refused: {sender.describe(reply)}", file=sys.stderr)
     print(f"sent: {result}")
     return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from socketkit.chat.server import DEFAULT_LISTEN, ChatConfig, ChatService
+    from socketkit.net.certs import data_dir
+    from socketkit.net.runner import run_server
+
+    config = ChatConfig(server_name=args.server_name, data_dir=Path(args.data) if args.data else data_dir() / "chat",
+                        sasl=not args.no_sasl, backplane=args.backplane,
+                        net_limits=limits_from(args).replace(idle_timeout=None)
+                        if args.idle_timeout is None else limits_from(args))
+
+    async def setup():
+        service = ChatService(config)
+        await service.start(listen=[])
+        web = None
+        if args.web:
+            from socketkit.chat.web import ChatWebApp
+            from socketkit.web import WebServer
+            from socketkit.web.config import WebConfig
+
+            web = WebServer(WebConfig(app=ChatWebApp(service)))
+            server = await web.start(args.web)
+            for ep in server.endpoints:
+                print(f"chat page on {ep}", file=sys.stderr, flush=True)
+
+        async def cleanup():
+            if web is not None:
+                await web.aclose(drain=0.5)
+            await service.aclose()
+
+        return service.handle_stream, cleanup
+
+    return run_server(args.listen or list(DEFAULT_LISTEN), setup, user=args.user, limits=config.net_limits,
+                      loop=args.loop, name="chat", refuse_message=b"ERROR :Server is full\r\n")
 
 
 def _cmd_cert_ca(args: argparse.Namespace) -> int:

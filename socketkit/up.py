@@ -43,6 +43,7 @@ class UpContext:
     running: list[Running] = dataclasses.field(default_factory=list)
     overrides: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     landing: Any = None   # the web landing page, where services mount their pages
+    closers: list[Any] = dataclasses.field(default_factory=list)  # extra async clean-ups, run at stop
     web: Any = None
 
     def listen(self, service: str, default: str) -> list[str]:
@@ -90,10 +91,30 @@ async def _start_mail(ctx: UpContext) -> list[Server]:
     # A development sink: every recipient accepted, one Maildir per recipient under the data directory.
     mail = await start(MailConfig(maildir=data_dir() / "mail", accept_all=True),
                        ctx.listen("mail", f"tcp://{ctx.host}:2525"))
+    if ctx.landing is not None:
+        from socketkit.mail.inbox import Inbox
+
+        ctx.landing.mount("/mail", Inbox(mail.store), "Mail inbox")
     return [mail.server]
 
 
 SERVICES.append(Service("mail", "SMTP sink (any recipient) into Maildirs: socketkit mail send", _start_mail))
+
+
+async def _start_chat(ctx: UpContext) -> list[Server]:
+    from socketkit.chat.server import ChatConfig, ChatService
+    from socketkit.chat.web import ChatWebApp
+    from socketkit.net.certs import data_dir
+
+    chat = ChatService(ChatConfig(data_dir=data_dir() / "chat"))
+    servers = await chat.start(ctx.overrides.get("chat") or [f"tcp://{ctx.host}:6667", f"tls://{ctx.host}:6697"])
+    ctx.closers.append(chat.aclose)
+    if ctx.landing is not None:
+        ctx.landing.mount("/chat", ChatWebApp(chat), "Chat (the same channels as IRC clients)")
+    return servers
+
+
+SERVICES.append(Service("chat", "IRC server (6667, TLS 6697); browsers: the chat page", _start_chat))
 
 
 async def start_all(ctx: UpContext, only: set[str] | None = None) -> list[Running]:
@@ -113,6 +134,9 @@ async def stop_all(ctx: UpContext, drain: float | None = None) -> None:
     for running in reversed(ctx.running):
         for server in running.servers:
             await server.aclose(drain=drain)
+    for closer in reversed(ctx.closers):
+        await closer()
+    ctx.closers.clear()
     if ctx.web is not None:
         await ctx.web.lifespan.shutdown()
     ctx.running.clear()

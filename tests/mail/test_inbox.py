@@ -6,6 +6,8 @@ import asyncio
 import base64
 import contextlib
 import json
+import shutil
+import signal
 import smtplib
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
@@ -13,7 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import WAIT, wait_for
+from helpers import WAIT, Spawned, cli_env, run_cli, wait_for
+from websockets.asyncio.client import connect as ws_connect
 
 import socketkit
 from socketkit import web
@@ -212,7 +215,7 @@ async def test_traversal_and_forged_ids_are_404(store: MailStore, tmp_path: Path
         encode_id(mailbox, "../../secret"), encode_id("..", "secret"), encode_id("../mail", message_id),
         encode_id(mailbox, ".hidden"), encode_id("", message_id), encode_id(mailbox, ""),
         base64.urlsafe_b64encode(b"../../../secret").decode().rstrip("="),
-        mid + "=", mid + "A", mid[:-1], mid.replace("-", "+"), "not base64!", "..", ".", "%2e%2e",
+        mid + "=", mid + "A", mid[:-1], mid[:-1] + "+", mid[:-1] + "/", "not base64!", "%2e%2e", "a.b",
     ]
     async with serving(Inbox(store)) as client:
         for bad in forged:
@@ -221,7 +224,7 @@ async def test_traversal_and_forged_ids_are_404(store: MailStore, tmp_path: Path
                 assert r.status_code == 404, (bad, suffix)
                 assert b"secret" not in r.content
             assert (await client.delete(f"/api/messages/{bad}")).status_code == 404
-        for target in ("/api/messages/../../secret", "/api/messages/..%2F..%2Fsecret",
+        for target in ("/api/messages/../../secret", "/api/messages/..%2F..%2Fsecret", "/api/messages/..",
                        f"/api/messages/{mid}%2Fraw", "/api/messages/%2e%2e/%2e%2e/secret",
                        f"/api/messages/{mid}/raw%00", "/..%5c..%5csecret", f"/api/messages/{mid}/raw/x"):
             assert await raw_request(client, target) == 404, target
@@ -346,3 +349,76 @@ async def test_smtp_to_inbox_end_to_end(tmp_path: Path):
             assert detail["attachments"][0]["filename"] == "Bericht März.pdf"
     finally:
         await mail.aclose(drain=0)
+
+
+def test_cli_mail_with_web(tmp_path: Path):
+    """`socketkit mail --web URL`: one process receives over SMTP and serves the inbox."""
+    args = ["mail", "--listen", "tcp://127.0.0.1:0", "--web", "tcp://127.0.0.1:0", "--accept-all",
+            "--no-starttls", "--maildir", str(tmp_path / "mail")]
+    with Spawned(*args, env=cli_env(SOCKETKIT_DATA=str(tmp_path / "data"))) as proc:
+        inbox_url = proc.read_until(r"inbox on tcp://(\S+)").group(1)
+        smtp_port = int(proc.read_until(r"listening on tcp://\S+:(\d+)").group(1))
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=WAIT) as smtp:
+            smtp.send_message(multipart())
+        listing = httpx.get(f"http://{inbox_url}/api/messages", timeout=WAIT).json()
+        assert [m["subject"] for m in listing] == ["Grüße aus Köln ✓"]
+        proc.signal(signal.SIGINT)
+        assert proc.wait()[0] == 0
+    refused = run_cli("mail", "--web", "tcp://127.0.0.1:0", "--workers", "2")
+    assert refused.returncode != 0 and b"--web" in refused.stderr
+
+
+async def test_page_in_headless_chromium(store: MailStore, tmp_path: Path):
+    """The real page in a real browser: list, view, live update over EventSource, delete button."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("chromium is not installed; the page is not tried in a browser")
+    mid = await put(store, multipart())
+    profile = tmp_path / "profile"
+    async with serving(Inbox(store)) as client:
+        proc = await asyncio.create_subprocess_exec(
+            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}", "--remote-debugging-port=0", f"{client.base_url}/#{mid}",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            active = profile / "DevToolsActivePort"
+            await wait_for(lambda: active.exists() and active.read_text().strip(), timeout=20)
+            devtools = int(active.read_text().split()[0])
+            targets = (await client.get(f"http://127.0.0.1:{devtools}/json")).json()
+            page = next(t for t in targets if t["type"] == "page")
+            async with ws_connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
+                calls = iter(range(1, 10**6))
+
+                async def js(expression: str):
+                    call = next(calls)
+                    await ws.send(json.dumps({"id": call, "method": "Runtime.evaluate",
+                                              "params": {"expression": expression, "returnByValue": True}}))
+                    while True:
+                        reply = json.loads(await ws.recv())
+                        if reply.get("id") == call:
+                            return reply["result"]["result"].get("value")
+
+                rows = "document.querySelectorAll('#list tr').length"
+                await wait_for(lambda: js(f"{rows} === 1 && $status()".replace(
+                    "$status()", "document.getElementById('status').textContent === 'live'")), timeout=10)
+                await wait_for(lambda: js("document.getElementById('subject').textContent"), timeout=10)
+                assert await js("document.getElementById('subject').textContent") == "Grüße aus Köln ✓"
+                assert await js("document.getElementById('text').textContent") == "Hallo Bob,\nschöne Grüße.\n"
+                assert await js("[...document.querySelectorAll('#attachments a')].map(a => a.textContent)"
+                                ) == ["Bericht März.pdf", "passwd"]
+                frame = "document.getElementById('html')"
+                assert await js(f"{frame}.getAttribute('src')") == f"api/messages/{mid}/html"
+                assert await js(f"{frame}.getAttribute('sandbox')") == ""
+                assert await js(f"{frame}.contentDocument === null")  # an opaque origin: not ours
+
+                await put(store, LEGACY)  # arrives live, no reload
+                await wait_for(lambda: js(f"{rows} === 2"), timeout=10, what="the live update")
+                await js("document.getElementById('delete').click()")
+                await wait_for(lambda: js(f"{rows} === 1 && document.getElementById('view').hidden"),
+                               timeout=10, what="the deleted message to go")
+            assert store.mailbox(BOB).list() and mid not in [m["id"] for m in
+                                                            (await client.get("/api/messages")).json()]
+        finally:
+            proc.kill()
+            await proc.wait()
