@@ -464,3 +464,35 @@ def filesystem_of(path: str | os.PathLike[str]) -> str:
 def describe_counts(counts: dict[str, int]) -> str:
     """'12 RCPT 451, 3 connection closed': a Counter of error kinds, the most frequent first."""
     return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+# ---------------------------------------------------------------- added for bench/chat.py
+
+
+def group_rss_kib(pgid: int) -> int | None:
+    """Resident memory (VmRSS, KiB) summed over the live processes of group `pgid`, from /proc.
+
+    A server's memory is its whole process group's (a master and its workers, helper children).
+    Pages shared between those processes count once per process, as `ps` shows them. None where
+    /proc is unavailable or the group has no process left.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    total, found = 0, False
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
+            if int(fields[2]) != pgid:  # fields[2] is the process group (field 5)
+                continue
+            status = (entry / "status").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        found = True
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])  # "VmRSS:   1234 kB"
+                break
+    return total if found else None
