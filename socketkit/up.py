@@ -94,7 +94,13 @@ async def _start_mail(ctx: UpContext) -> list[Server]:
     if ctx.landing is not None:
         from socketkit.mail.inbox import Inbox
 
-        ctx.landing.mount("/mail", Inbox(mail.store), "Mail inbox")
+        inbox = Inbox(mail.store)
+        ctx.landing.mount("/mail", inbox, "Mail inbox")
+
+        async def end_live_streams() -> None:  # an open event stream would hold the web server's drain
+            inbox.close()
+
+        ctx.closers.append(end_live_streams)
     return [mail.server]
 
 
@@ -131,12 +137,13 @@ async def start_all(ctx: UpContext, only: set[str] | None = None) -> list[Runnin
 
 
 async def stop_all(ctx: UpContext, drain: float | None = None) -> None:
-    for running in reversed(ctx.running):
-        for server in running.servers:
-            await server.aclose(drain=drain)
+    # Services' own clean-ups first (they end long-lived conversations), then every server drains.
     for closer in reversed(ctx.closers):
         await closer()
     ctx.closers.clear()
+    for running in reversed(ctx.running):
+        for server in running.servers:
+            await server.aclose(drain=drain)
     if ctx.web is not None:
         await ctx.web.lifespan.shutdown()
     ctx.running.clear()

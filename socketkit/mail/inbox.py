@@ -64,8 +64,10 @@ _ID = re.compile(r"[A-Za-z0-9_-]{1,2000}")
 _RAW_REFUSED = (b"%2f", b"%5c", b"%00")
 _COMMON = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"),
            (b"referrer-policy", b"no-referrer")]
-_ASSETS = {"/": (view.PAGE, b"text/html; charset=utf-8"), "/index.html": (view.PAGE, b"text/html; charset=utf-8"),
-           "/inbox.js": (view.JS, b"text/javascript; charset=utf-8"), "/inbox.css": (view.CSS, b"text/css; charset=utf-8")}
+_HTML = b"text/html; charset=utf-8"
+_ASSETS = {"/": (view.PAGE, _HTML), "/index.html": (view.PAGE, _HTML),
+           "/inbox.js": (view.JS, b"text/javascript; charset=utf-8"),
+           "/inbox.css": (view.CSS, b"text/css; charset=utf-8")}
 _REASONS = {404: b"not found\n", 405: b"method not allowed\n"}
 
 
@@ -191,7 +193,9 @@ class Inbox:
         if parts[0] != "api" or len(parts) < 2:
             return await _plain(send, 404, method)
         if parts[1:] == ["events"]:
-            return await (self._events(receive, send) if method == "GET" else _plain(send, 405, method, b"GET"))
+            if method != "GET":
+                return await _plain(send, 405, method, b"GET")
+            return await self._events(receive, send)
         if parts[1:] == ["mailboxes"]:
             if not reading:
                 return await _plain(send, 405, method, b"GET, HEAD")
@@ -247,7 +251,7 @@ class Inbox:
             if html is None:
                 return await _plain(send, 404, method)
             return await _respond(send, 200, html.encode("utf-8", "replace"), [
-                (b"content-type", b"text/html; charset=utf-8"), (b"content-security-policy", HTML_CSP)], method)
+                (b"content-type", _HTML), (b"content-security-policy", HTML_CSP)], method)
         index = int(rest[1]) if rest[1].isdigit() and len(rest[1]) < 7 else -1
         found = await asyncio.to_thread(view.attachment, data, index) if index >= 0 else None
         if found is None:
@@ -277,7 +281,8 @@ class Inbox:
             return view.details(summary, data)
         except Exception:  # RecursionError on absurd nesting, or a parser bug: show what we have
             log.warning("inbox: could not parse %s/%s", name, message_id, exc_info=True)
-            return {**summary, "headers": [], "text": None, "html": None, "attachments": [], "truncated": True}
+            return {**summary, "headers": [], "text": None, "html": None, "attachments": [],
+                    "truncated": True}
 
     def _boxes(self, mailbox: str | None) -> dict[str, Maildir]:
         boxes = self.store.mailboxes()
@@ -285,7 +290,8 @@ class Inbox:
             return boxes
         return {k: v for k, v in boxes.items() if k in (mailbox, mailbox_name(mailbox))}
 
-    def _summary(self, name: str, message_id: str, data: bytes | None = None, size: int = 0) -> dict[str, Any]:
+    def _summary(self, name: str, message_id: str, data: bytes | None = None,
+                 size: int = 0) -> dict[str, Any]:
         key = (name, message_id)
         with self._lock:
             hit = self._cache.get(key)
@@ -392,7 +398,8 @@ async def _until_disconnect(receive: Any, sub: _Subscriber) -> None:
         sub.end()
 
 
-async def _respond(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]], method: str) -> None:
+async def _respond(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
+                   method: str) -> None:
     if status != 204:
         headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": [*headers, *_COMMON]})

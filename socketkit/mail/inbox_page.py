@@ -146,7 +146,8 @@ def summarize(public_id: str, mailbox: str, message_id: str, data: bytes, size: 
     try:
         msg = parse(data)
         text, html, attachments, _cut = _bodies(msg)
-        out.update({"from": _header(msg, "from"), "to": _header(msg, "to"), "subject": _header(msg, "subject"),
+        out.update({"from": _header(msg, "from"), "to": _header(msg, "to"),
+                    "subject": _header(msg, "subject"),
                     "date": _date(msg), "has_html": html is not None, "attachments": len(attachments)})
     except Exception:  # RecursionError on absurd nesting, or a parser bug: still list the message
         log.warning("inbox: could not parse %s/%s", mailbox, message_id, exc_info=True)
