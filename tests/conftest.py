@@ -45,3 +45,17 @@ def pytest_collection_modifyitems(items):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "asyncio_native: async test run by socketkit's conftest")
+    # Nothing a test does may touch the user's real data directory (dev CA, mail, chat, accounts):
+    # every test process gets a private one unless a test sets its own.
+    import tempfile
+
+    config._socketkit_data = tempfile.mkdtemp(prefix="socketkit-test-data-")
+    os.environ["SOCKETKIT_DATA"] = config._socketkit_data
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    path = getattr(config, "_socketkit_data", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
