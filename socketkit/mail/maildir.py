@@ -10,6 +10,14 @@ and only then return. A file appears in `new/` only through step 2, which happen
 disk: a crash at any moment leaves either nothing or the complete message in `new/`. The SMTP server
 answers 250 only after `deliver` returned, so every acknowledged message is in `new/`.
 
+Step 3 is a group commit: one `fsync` of `new/` makes durable every link made before it began, so
+concurrent deliveries share it. A delivery that has linked waits for the next `fsync` of `new/` that
+*starts* after its link (one runs at a time; the first waiter to find none running runs it for all), and
+returns only when that one succeeded; when it fails, every delivery it was meant to cover fails too and
+takes its file out of `new/` again. Step 1 is grouped the same way on Linux >= 5.8: a delivery alone
+fsyncs its own file; several written files waiting together share one `syncfs` of the file system (it
+also flushes other writers' data: cheaper per message under load, slower when alone, hence adaptive).
+
 `tmp/` is not fsynced: its entries are garbage by definition after a crash. Leftovers are removed by
 the Maildir rule (older than 36 hours) each time a `Maildir` is opened, which is safe while other
 processes deliver to the same directory; `recover()` removes them all, for when no other process can be
@@ -21,13 +29,18 @@ Message ids are the file names in `new/` (in `cur/`, the part before the ":2,fla
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import ctypes
+import functools
 import itertools
 import logging
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -50,6 +63,113 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _GroupSync:
+    """A durability barrier shared by concurrent threads (group commit).
+
+    `sync(alone)` returns once a flush that *began after the call* has succeeded: `flush_all()` covers
+    every change any thread made before it began; when the caller is the only thread waiting for that
+    flush, its own cheaper `alone()` is enough (it only has to cover the caller). Flushes run one at a
+    time; the first waiter that finds none running runs the next one for everybody waiting.
+
+    When the flush meant for a waiter fails, the waiter raises OSError, even if a later flush worked: a
+    later success would not prove the earlier changes reached the disk (after a write-back error Linux
+    may drop the dirty pages and report the error only once).
+    """
+
+    def __init__(self, flush_all: Callable[[], None], what: str) -> None:
+        self._flush_all = flush_all
+        self._what = what
+        self._cond = threading.Condition(threading.Lock())
+        self._started = 0  # flushes begun; one at a time, so they also end in this order
+        self._finished = 0  # sequence number of the last one that ended
+        self._failed = 0  # ... and of the last one that failed
+        self._error: BaseException | None = None
+        self._running = False
+        self._waiting: dict[int, int] = {}  # flush sequence number -> threads waiting for it
+
+    def sync(self, alone: Callable[[], None]) -> None:
+        cond = self._cond
+        with cond:
+            # A flush running now may have begun before the caller's change: only the next one covers it.
+            need = self._started + 1
+            self._waiting[need] = self._waiting.get(need, 0) + 1
+            while self._finished < need:
+                if self._running:
+                    cond.wait()
+                    continue
+                self._running = True
+                self._started = seq = self._started + 1
+                flush = alone if self._waiting.pop(seq, 0) <= 1 else self._flush_all
+                error: BaseException | None = None
+                cond.release()
+                try:
+                    flush()
+                except BaseException as exc:  # handed to every waiter of this flush, raised below
+                    error = exc
+                finally:
+                    cond.acquire()
+                    self._running = False
+                    self._finished = seq
+                    if error is not None:
+                        self._failed, self._error = seq, error
+                    cond.notify_all()
+            if self._failed >= need:  # conservative: the flush meant for us, or a later one, failed
+                error = self._error
+                if isinstance(error, OSError):
+                    raise OSError(error.errno, f"{error.strerror or error} ({self._what}, shared)") from error
+                raise OSError(f"{self._what} failed: {error!r}") from error
+
+
+def _syncfs_function() -> Callable[[int], None] | None:
+    """syncfs(2) where it reports write-back errors (Linux >= 5.8, which added the per-file-system
+    error sequence it checks); None elsewhere, and every file is then fsynced on its own.
+
+    Opt-in (SOCKETKIT_MAIL_SYNCFS=1): syncfs flushes the whole file system, so on a host where other
+    programs write a lot it can make deliveries wait for their data; on bench/mail.py here it did not
+    measurably help. The shared directory fsync is always on."""
+    if os.environ.get("SOCKETKIT_MAIL_SYNCFS") != "1" or not sys.platform.startswith("linux"):
+        return None
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return None
+    if (major, minor) < (5, 8):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int]
+    func.restype = ctypes.c_int
+
+    def syncfs(fd: int) -> None:
+        if func(fd) != 0:  # ctypes drops the GIL around the call
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return syncfs
+
+
+_syncfs = _syncfs_function()
+
+
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+POOL_THREADS = 32  # shared by every store in the process; a store's own `concurrency` bounds its share
+
+
+def _delivery_executor() -> concurrent.futures.ThreadPoolExecutor:
+    # Not the loop's default executor: that one has min(32, cpus + 4) threads (6 on two cores), fewer than
+    # the deliveries that can usefully wait on the disk at once, and shared with everything else.
+    global _executor
+    if _executor is None:
+        with _executor_lock:
+            if _executor is None:
+                _executor = concurrent.futures.ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="maildir")
+    return _executor
 
 
 def _check_id(message_id: str) -> str:
@@ -76,6 +196,16 @@ class Maildir:
             _fsync_dir(self.root)
             _fsync_dir(self.root.parent)
         self._host = _safe_hostname()
+        new_dir = self.root / "new"
+        self._new_sync = _GroupSync(lambda: _fsync_dir(new_dir), f"fsync of {new_dir}")
+        self._data_sync: _GroupSync | None = None
+        if _syncfs is not None:
+            # syncfs reports a write-back error to each descriptor that was open when it happened:
+            # this one is opened before any message is written, so no error can slip past it.
+            fs_fd = os.open(self.root / "tmp", os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+            weakref.finalize(self, os.close, fs_fd)
+            syncfs = _syncfs
+            self._data_sync = _GroupSync(lambda: syncfs(fs_fd), f"syncfs of the file system of {self.root}")
         if clean_tmp:
             self.clean_tmp(TMP_MAX_AGE)
 
@@ -105,7 +235,10 @@ class Maildir:
                     view = memoryview(data)
                     while view:
                         view = view[os.write(fd, view):]
-                    os.fsync(fd)
+                    if self._data_sync is None:
+                        os.fsync(fd)
+                    else:  # alone: fsync this file; with company: one syncfs for all of them
+                        self._data_sync.sync(functools.partial(os.fsync, fd))
                 finally:
                     os.close(fd)
                 new = new_dir / name
@@ -116,9 +249,10 @@ class Maildir:
                 except OSError:
                     # Some file systems refuse hard links; rename is as atomic (names are unique).
                     os.rename(tmp, new)
+                tmp.unlink(missing_ok=True)  # before the shared fsync: it then makes the removal durable too
                 try:
-                    _fsync_dir(new_dir)
-                except OSError:
+                    self._new_sync.sync(lambda: _fsync_dir(new_dir))
+                except BaseException:
                     new.unlink(missing_ok=True)  # not known to be durable: do not claim it
                     raise
                 return name
@@ -133,12 +267,16 @@ class Maildir:
         return message_id
 
     async def deliver_async(self, data: bytes, limiter: asyncio.Semaphore | None = None) -> str:
-        """`deliver` in a worker thread (fsync never blocks the event loop); hooks run on the loop."""
+        """`deliver` in a worker thread (fsync never blocks the event loop); hooks run on the loop.
+
+        The whole write-fsync-link-fsync runs in one call on the delivery thread pool: one hop per message.
+        """
+        loop = asyncio.get_running_loop()
         if limiter is None:
-            message_id = await asyncio.to_thread(self._store, data)
+            message_id = await loop.run_in_executor(_delivery_executor(), self._store, data)
         else:
             async with limiter:
-                message_id = await asyncio.to_thread(self._store, data)
+                message_id = await loop.run_in_executor(_delivery_executor(), self._store, data)
         self._notify(message_id)
         return message_id
 
@@ -244,7 +382,7 @@ class MailStore:
     """Where accepted mail goes: one Maildir per recipient under `root/<local@domain>/`, or everything in
     the one Maildir at `root` (`catch_all`). Delivery runs in threads, at most `concurrency` at a time."""
 
-    def __init__(self, root: str | os.PathLike[str], *, catch_all: bool = False, concurrency: int = 8) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, catch_all: bool = False, concurrency: int = 16) -> None:
         self.root = Path(root)
         self.catch_all = catch_all
         self.concurrency = concurrency

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -205,3 +207,80 @@ async def test_store_catch_all_and_bounded_concurrency(tmp_path: Path, monkeypat
     assert peak <= 2
     assert len(store.mailbox().list()) == 8 and list(store.mailboxes()) == [""]
     assert sorted(os.listdir(tmp_path)) == ["cur", "new", "tmp"]
+
+
+def test_concurrent_deliveries_share_fsyncs_and_all_land(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    box = Maildir(tmp_path)
+    dir_syncs = 0
+    real = maildir_module._fsync_dir
+
+    def counting(path: Path) -> None:
+        nonlocal dir_syncs
+        dir_syncs += 1
+        time.sleep(0.002)  # a slow disk: later deliveries pile up behind this flush and share the next
+        real(path)
+
+    monkeypatch.setattr(maildir_module, "_fsync_dir", counting)
+    payloads = [b"message %d\r\n" % i * (i + 1) for i in range(64)]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(box.deliver, payloads))
+    assert len(set(ids)) == 64
+    for mid, data in zip(ids, payloads, strict=True):
+        assert (tmp_path / "new" / mid).read_bytes() == data
+    assert os.listdir(tmp_path / "tmp") == []
+    assert dir_syncs < 64  # group commit: one fsync of new/ covered several links
+
+
+async def test_async_deliveries_in_flight_together_all_land(tmp_path: Path):
+    store = MailStore(tmp_path, catch_all=True)
+    payloads = [os.urandom(5000 + i) for i in range(40)]
+    results = await asyncio.gather(*(store.deliver([("", data)]) for data in payloads))
+    box = store.mailbox()
+    for [(_, mid)], data in zip(results, payloads, strict=True):
+        assert box.get(mid) == data
+    assert len(os.listdir(tmp_path / "new")) == 40
+
+
+def test_a_failed_shared_fsync_fails_every_delivery_it_covered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    box = Maildir(tmp_path)
+    waiting = 7
+    calls = 0
+    real = maildir_module._fsync_dir
+
+    def gated(path: Path) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # hold the first flush until the others wait for the next, shared one
+            deadline = time.monotonic() + 10
+            while box._new_sync._waiting.get(2, 0) < waiting and time.monotonic() < deadline:
+                time.sleep(0.001)
+            return real(path)
+        if calls == 2:
+            raise OSError(5, "Input/output error")
+        return real(path)
+
+    monkeypatch.setattr(maildir_module, "_fsync_dir", gated)
+    outcomes: list[object] = []
+
+    def one(i: int) -> None:
+        try:
+            outcomes.append(box.deliver(b"%d" % i))
+        except OSError as exc:
+            outcomes.append(exc)
+
+    first = threading.Thread(target=one, args=(0,))
+    first.start()
+    while calls == 0:
+        time.sleep(0.001)
+    others = [threading.Thread(target=one, args=(i,)) for i in range(1, waiting + 1)]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join(timeout=20)
+    stored = [o for o in outcomes if isinstance(o, str)]
+    failed = [o for o in outcomes if isinstance(o, OSError)]
+    assert len(stored) == 1 and len(failed) == waiting and calls == 2
+    assert all(exc.errno == 5 for exc in failed)
+    assert os.listdir(tmp_path / "new") == stored  # no failed delivery left its file behind
+    assert os.listdir(tmp_path / "tmp") == []
+    assert box.deliver(b"after") in box  # the failure is not sticky
