@@ -150,7 +150,16 @@ class ChatService:
         return self.servers
 
     async def aclose(self, drain: float | None = 0.5) -> None:
-        for cid in list(self.outlets):
+        # Tell every client why and close it (which ends its handler at once, so `drain` is not spent
+        # waiting for connections nobody will close); the outlets go first, so the QUITs the core
+        # relays while forgetting them are not written to sockets that are closing anyway.
+        outlets, self.outlets = self.outlets, {}
+        for cid, outlet in outlets.items():
+            client = self.core.clients.get(cid)
+            host = client.host if client is not None else "*"
+            outlet.write(b"ERROR :Closing Link: %s (Server shutting down)\r\n" % host.encode())
+            outlet.close("Server shutting down")
+        for cid in outlets:
             self.dispatch(self.core.disconnect(cid, "Server shutting down"))
         for server in self.servers:
             await server.aclose(drain)

@@ -1,0 +1,467 @@
+"""Chat nodes sharing one network through Redis: a real `redis-server` on loopback (one per module),
+two or three ChatService nodes on it, and raw IRC clients on each node. Plus the RESP codec alone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from helpers import wait_for
+
+from socketkit.chat import resp
+from socketkit.chat.server import ChatConfig, ChatService
+from socketkit.net.connect import connect
+from socketkit.proto.irc import Message, parse
+
+WAIT = 5.0
+REDIS = shutil.which("redis-server") or ("/usr/bin/redis-server" if shutil.which("/usr/bin/redis-server") else None)
+
+
+# -- the RESP codec -------------------------------------------------------------------------------------
+def test_resp_encode_command() -> None:
+    assert resp.encode_command("SET", "k", b"v\r\n", 10) == b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n$2\r\n10\r\n"
+
+
+def test_resp_decodes_every_type_split_anywhere() -> None:
+    data = (b"+OK\r\n-ERR bad thing\r\n:-5\r\n$3\r\na\r\n\r\n$-1\r\n*2\r\n:1\r\n*1\r\n+x\r\n%1\r\n+k\r\n#t\r\n"
+            b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$2\r\nhi\r\n_\r\n,1.5\r\n=7\r\ntxt:abc\r\n|1\r\n+a\r\n:1\r\n:9\r\n"
+            b"~2\r\n:1\r\n:2\r\n(12345678901234567890\r\n!3\r\nBAD\r\n*-1\r\n")
+    expected = [b"OK", "ERR bad thing", -5, b"a\r\n", None, [1, [b"x"]], {b"k": True},
+                [b"message", b"c", b"hi"], None, 1.5, b"abc", 9, [1, 2], 12345678901234567890, "BAD", None]
+    whole = list(resp.Parser().feed(data))
+    assert whole == expected
+    assert isinstance(whole[1], resp.Error) and whole[1].code == "ERR"
+    assert type(whole[7]) is resp.Push and type(whole[5]) is list
+    for step in (1, 2, 3, 7):
+        p = resp.Parser()
+        got: list[Any] = []
+        for i in range(0, len(data), step):
+            got += p.feed(data[i:i + step])
+        assert got == expected
+
+
+def test_resp_rejects_garbage_and_absurd_lengths() -> None:
+    with pytest.raises(resp.ProtocolError):
+        list(resp.Parser().feed(b"?what\r\n"))
+    with pytest.raises(resp.ProtocolError):
+        list(resp.Parser(max_bulk=10).feed(b"$11\r\n"))
+    with pytest.raises(resp.ProtocolError):
+        list(resp.Parser(max_items=10).feed(b"*1000000\r\n"))
+
+
+# -- a redis-server per module --------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_call(port: int, *args: Any, timeout: float = 1.0) -> Any:
+    """One command over a plain blocking socket (RESP2), for the test's own look at Redis."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(resp.encode_command(*args))
+        parser = resp.Parser()
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError("redis closed the connection")
+            for reply in parser.feed(chunk):
+                return reply
+
+
+class Redis:
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert REDIS is not None
+        self.proc = subprocess.Popen(
+            [REDIS, "--save", "", "--appendonly", "no", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--protected-mode", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                if redis_call(self.port, "PING") == b"PONG":
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"redis-server did not answer PING on port {self.port}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        # Fast heartbeats and reconnects keep the tests short; TTL = 3 heartbeats.
+        return f"redis://127.0.0.1:{self.port}?heartbeat=0.3&backoff_max=0.4"
+
+
+@pytest.fixture(scope="module")
+def redis() -> Any:
+    if REDIS is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server); "
+                    "the backplane tests need a real Redis on loopback")
+    server = Redis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clean(request: pytest.FixtureRequest) -> None:
+    if "redis" in request.fixturenames:
+        server = request.getfixturevalue("redis")
+        if server.proc is None:  # a test that restarted it and failed half-way
+            server.start()
+        redis_call(server.port, "FLUSHALL")
+
+
+# -- nodes and raw IRC clients ----------------------------------------------------------------------------
+class Node:
+    def __init__(self, service: ChatService) -> None:
+        self.service = service
+        self.port = service.servers[0].endpoints[0].port
+
+    @property
+    def core(self) -> Any:
+        return self.service.core
+
+
+@contextlib.asynccontextmanager
+async def nodes(redis: Redis, count: int = 2) -> AsyncIterator[list[Node]]:
+    started: list[ChatService] = []
+    try:
+        for i in range(count):
+            svc = ChatService(ChatConfig(server_name=f"node{'ABC'[i]}.test", backplane=redis.url, sasl=False))
+            started.append(svc)
+            await svc.start(["tcp://127.0.0.1:0"])
+        yield [Node(s) for s in started]
+    finally:
+        for svc in started:
+            await svc.aclose(drain=0)
+
+
+class Client:
+    def __init__(self, stream: Any, nick: str) -> None:
+        self.stream = stream
+        self.nick = nick
+        self.seen: list[bytes] = []
+
+    @classmethod
+    async def open(cls, node: Node, nick: str, caps: str = "", *, register: bool = True) -> Client:
+        stream = await connect(f"tcp://127.0.0.1:{node.port}", timeout=WAIT)
+        c = cls(stream, nick)
+        if register:
+            await c.register(caps)
+        return c
+
+    async def send(self, line: str) -> None:
+        await self.stream.send(line.encode() + b"\r\n")
+
+    async def register(self, caps: str = "") -> Message:
+        if caps:
+            await self.send(f"CAP REQ :{caps}")
+        await self.send(f"NICK {self.nick}")
+        await self.send(f"USER {self.nick} 0 * :{self.nick} test")
+        if caps:
+            await self.send("CAP END")
+        return await self.expect("001")
+
+    async def expect(self, command: str, where: Any = None, timeout: float = WAIT) -> Message:
+        """The next line with `command` whose params/source satisfy `where` (skipping everything else)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                tail = b"\n".join(self.seen[-15:]).decode(errors="replace")
+                raise AssertionError(f"{self.nick}: no {command} within {timeout}s; last lines:\n{tail}")
+            try:
+                raw = await self.stream.receive_until(b"\r\n", timeout=left)
+            except TimeoutError:
+                continue
+            self.seen.append(raw.rstrip())
+            msg = parse(raw.rstrip(b"\r\n"))
+            if msg.command == "PING":
+                await self.send(f"PONG :{msg.params[0]}")
+            if msg.command == command and (where is None or where(msg)):
+                return msg
+
+    async def names(self, channel: str) -> set[str]:
+        await self.send(f"NAMES {channel}")
+        found: set[str] = set()
+        while True:
+            msg = await self.expect_any(("353", "366"))
+            if msg.command == "366":
+                return found
+            found.update(n.lstrip("@+") for n in msg.params[-1].split())
+
+    async def expect_any(self, commands: tuple[str, ...]) -> Message:
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while True:
+            raw = await self.stream.receive_until(b"\r\n", timeout=deadline - asyncio.get_running_loop().time())
+            self.seen.append(raw.rstrip())
+            msg = parse(raw.rstrip(b"\r\n"))
+            if msg.command in commands:
+                return msg
+
+    async def close(self) -> None:
+        self.stream.abort()
+
+
+def knows(node: Node, nick: str) -> bool:
+    x = node.core.lookup_nick(nick)
+    return x is not None and x.remote is not None
+
+
+async def join(c: Client, channel: str) -> None:
+    await c.send(f"JOIN {channel}")
+    await c.expect("366", lambda m: m.params[1] == channel)
+
+
+# -- tests ----------------------------------------------------------------------------------------------
+async def test_users_on_two_nodes_share_a_channel(redis: Redis) -> None:
+    async with nodes(redis) as (a, b):
+        alice = await Client.open(a, "alice")
+        bob = await Client.open(b, "bob", caps="server-time message-tags")
+        await join(alice, "#x")
+        await wait_for(lambda: b.core.lookup_channel("#x"), what="node B learning of #x")
+        await bob.send("JOIN #x")
+        names = await bob.expect("353")
+        assert {n.lstrip("@") for n in names.params[-1].split()} == {"alice", "bob"}
+        joined = await alice.expect("JOIN", lambda m: m.source.startswith("bob!"))
+        assert joined.source == "bob!~bob@127.0.0.1" and joined.params == ["#x"]
+        assert await alice.names("#x") == {"alice", "bob"}
+
+        await alice.send("PRIVMSG #x :hello from A")
+        got = await bob.expect("PRIVMSG")
+        assert got.source == "alice!~alice@127.0.0.1" and got.params == ["#x", "hello from A"]
+        assert got.tags.get("msgid") and got.tags.get("time", "").endswith("Z")
+        await bob.send("PRIVMSG #x :hello from B")
+        back = await alice.expect("PRIVMSG")
+        assert back.source == "bob!~bob@127.0.0.1" and back.params == ["#x", "hello from B"]
+
+        await alice.send("TOPIC #x :shared topic")
+        topic = await bob.expect("TOPIC")
+        assert topic.source.startswith("alice!") and topic.params == ["#x", "shared topic"]
+
+        await bob.send("PART #x :later")
+        part = await alice.expect("PART")
+        assert part.source.startswith("bob!") and part.params == ["#x", "later"]
+        assert await alice.names("#x") == {"alice"}
+        for c in (alice, bob):
+            await c.close()
+
+
+async def test_private_message_across_nodes(redis: Redis) -> None:
+    async with nodes(redis) as (a, b):
+        alice = await Client.open(a, "alice")
+        bob = await Client.open(b, "bob")
+        await wait_for(lambda: knows(a, "bob") and knows(b, "alice"), what="both nodes knowing both users")
+        await alice.send("PRIVMSG bob :psst")
+        got = await bob.expect("PRIVMSG")
+        assert got.source == "alice!~alice@127.0.0.1" and got.params == ["bob", "psst"]
+        await bob.send("NOTICE alice :heard you")
+        back = await alice.expect("NOTICE", lambda m: m.source.startswith("bob!"))
+        assert back.params == ["alice", "heard you"]
+        # A nick change on one node is seen by the other: messages follow the new nick.
+        await bob.send("NICK robert")
+        await bob.expect("NICK")
+        await wait_for(lambda: knows(a, "robert") and not a.core.lookup_nick("bob"), what="A seeing the rename")
+        await alice.send("PRIVMSG robert :new name")
+        assert (await bob.expect("PRIVMSG")).params == ["robert", "new name"]
+        await alice.send("PRIVMSG bob :old name")
+        assert (await alice.expect("401")).params[1] == "bob"
+        for c in (alice, bob):
+            await c.close()
+
+
+async def test_nick_taken_on_another_node_is_433(redis: Redis) -> None:
+    async with nodes(redis) as (a, b):
+        bob = await Client.open(b, "bob")
+        await wait_for(lambda: knows(a, "bob"), what="node A knowing bob")
+        other = await Client.open(a, "Bob", register=False)  # rfc1459 casemapping: the same nick
+        await other.send("NICK Bob")
+        assert (await other.expect("433")).params[1] == "Bob"
+        carol = await Client.open(a, "carol")
+        await carol.send("NICK BOB")
+        assert (await carol.expect("433")).params[1] == "BOB"
+        # The key in Redis names bob's node; a nick claimed there first wins over a local registration.
+        assert redis_call(redis.port, "GET", "socketkit:chat:socketkit:nick:bob").startswith(
+            b.service.backplane.node.encode())
+        redis_call(redis.port, "SET", "socketkit:chat:socketkit:nick:dave", "ghost 1", "EX", 30)
+        dave = await Client.open(a, "dave", register=False)
+        await dave.send("NICK dave")
+        await dave.send("USER dave 0 * :dave")
+        err = await dave.expect("ERROR")
+        assert "Nickname collision" in err.params[0]
+        for c in (bob, other, carol, dave):
+            await c.close()
+
+
+async def test_quit_on_one_node_shows_on_the_other(redis: Redis) -> None:
+    async with nodes(redis) as (a, b):
+        alice = await Client.open(a, "alice")
+        bob = await Client.open(b, "bob")
+        await join(alice, "#x")
+        await wait_for(lambda: b.core.lookup_channel("#x"), what="node B learning of #x")
+        await join(bob, "#x")
+        await alice.expect("JOIN", lambda m: m.source.startswith("bob!"))
+        await alice.send("QUIT :gone fishing")
+        quit_ = await bob.expect("QUIT")
+        assert quit_.source == "alice!~alice@127.0.0.1" and quit_.params == ["Quit: gone fishing"]
+        assert await bob.names("#x") == {"bob"}
+        await wait_for(lambda: b.core.lookup_nick("alice") is None, what="B forgetting alice")
+        # The nick is free again, network-wide.
+        await wait_for(lambda: redis_call(redis.port, "EXISTS", "socketkit:chat:socketkit:nick:alice") == 0,
+                       what="alice's nick key released")
+        alice2 = await Client.open(b, "alice")
+        for c in (alice, alice2, bob):
+            await c.close()
+
+
+async def test_a_new_node_learns_who_is_where(redis: Redis) -> None:
+    async with nodes(redis, 1) as (a,):
+        alice = await Client.open(a, "alice")
+        await join(alice, "#x")
+        async with nodes(redis, 1) as (b,):
+            assert knows(b, "alice")  # from the presence hash, before any live event
+            assert {x.nick for x in b.core.lookup_channel("#x").members} == {"alice"}
+            bob = await Client.open(b, "bob")
+            await bob.send("JOIN #x")
+            names = await bob.expect("353")
+            assert {n.lstrip("@") for n in names.params[-1].split()} == {"alice", "bob"}
+            await bob.close()
+        # B shut down cleanly ("bye"): A drops its users at once.
+        await wait_for(lambda: not a.core.lookup_nick("bob"), what="A forgetting bob")
+        await alice.close()
+
+
+async def test_a_silent_node_is_split_off_after_its_ttl(redis: Redis) -> None:
+    async with nodes(redis) as (a, b):
+        alice = await Client.open(a, "alice")
+        bob = await Client.open(b, "bob")
+        await join(alice, "#x")
+        await wait_for(lambda: b.core.lookup_channel("#x"), what="node B learning of #x")
+        await join(bob, "#x")
+        # Node A "crashes": its backplane stops without a goodbye.
+        bp = a.service.backplane
+        bp._closing = True
+        bp._task.cancel()
+        quit_ = await bob.expect("QUIT", timeout=5)
+        assert quit_.source.startswith("alice!") and quit_.params == ["*.net *.split"]
+        a.service.backplane = None
+        a.core.federated = False
+        for c in (alice, bob):
+            await c.close()
+
+
+async def test_redis_restart_messages_flow_again(redis: Redis, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "socketkit.chat.backplane")
+    async with nodes(redis) as (a, b):
+        alice = await Client.open(a, "alice")
+        bob = await Client.open(b, "bob")
+        await join(alice, "#x")
+        await wait_for(lambda: b.core.lookup_channel("#x"), what="node B learning of #x")
+        await join(bob, "#x")
+        await alice.expect("JOIN", lambda m: m.source.startswith("bob!"))
+
+        redis.stop()
+        await wait_for(lambda: a.service.backplane.conn is None and b.service.backplane.conn is None,
+                       what="both nodes noticing redis is gone")
+        await alice.send("PRIVMSG #x :into the void")  # local users keep being served meanwhile
+        await alice.send("PING :still-here")
+        await alice.expect("PONG")
+        carol = await Client.open(a, "carol")
+        await join(carol, "#x")
+        assert (await alice.expect("JOIN", lambda m: m.source.startswith("carol!"))).params == ["#x"]
+        redis.start()
+        started = time.monotonic()
+        await wait_for(lambda: a.service.backplane.connected.is_set() and b.service.backplane.connected.is_set(),
+                       timeout=5, what="both nodes reconnecting")
+        for i in range(50):
+            await alice.send(f"PRIVMSG #x :again {i}")
+            try:
+                got = await bob.expect("PRIVMSG", timeout=0.2)
+                break
+            except AssertionError:
+                continue
+        else:
+            raise AssertionError("no message crossed after redis came back")
+        assert got.params[1].startswith("again") and time.monotonic() - started < 8
+        # Membership was resynchronized: B learned carol (joined during the outage), everyone kept alice.
+        await wait_for(lambda: knows(b, "carol"), what="B learning carol after the resync")
+        assert await bob.names("#x") == {"alice", "bob", "carol"}
+        assert "redis connection lost" in caplog.text
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        for c in (alice, bob, carol):
+            await c.close()
+
+
+async def test_a_slow_redis_drops_events_with_a_log_line(redis: Redis, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "socketkit.chat.backplane")
+    async with nodes(redis) as (a, b):
+        alice = await Client.open(a, "alice")
+        bob = await Client.open(b, "bob")
+        await join(alice, "#x")
+        await wait_for(lambda: b.core.lookup_channel("#x"), what="node B learning of #x")
+        await join(bob, "#x")
+        await alice.expect("JOIN", lambda m: m.source.startswith("bob!"))
+        a.service.backplane.max_pending = -1  # every write is "past the bound"
+        await alice.send("PRIVMSG #x :dropped")
+        with pytest.raises(AssertionError):
+            await bob.expect("PRIVMSG", timeout=0.5)
+        assert "redis is slow" in caplog.text and a.service.backplane.dropped >= 1
+        a.service.backplane.max_pending = 10_000
+        await alice.send("PRIVMSG #x :delivered")
+        assert (await bob.expect("PRIVMSG")).params == ["#x", "delivered"]
+        for c in (alice, bob):
+            await c.close()
+
+
+async def test_without_a_backplane_nothing_is_federated() -> None:
+    svc = ChatService(ChatConfig(sasl=False))
+    await svc.start(["tcp://127.0.0.1:0"])
+    try:
+        assert svc.backplane is None and svc.core.federated is False
+        c = await Client.open(Node(svc), "solo")
+        await join(c, "#x")
+        await c.close()
+    finally:
+        await svc.aclose(drain=0)
+
+
+async def test_kick_of_a_user_on_another_node(redis: Redis) -> None:
+    async with nodes(redis) as (a, b):
+        alice = await Client.open(a, "alice")
+        bob = await Client.open(b, "bob")
+        await join(alice, "#x")  # first on the network: operator
+        await wait_for(lambda: b.core.lookup_channel("#x"), what="node B learning of #x")
+        await join(bob, "#x")
+        await alice.expect("JOIN", lambda m: m.source.startswith("bob!"))
+        await alice.send("KICK #x bob :out")
+        kick = await bob.expect("KICK")
+        assert kick.source.startswith("alice!") and kick.params == ["#x", "bob", "out"]
+        assert await bob.names("#x") == {"alice"}
+        key = f"socketkit:chat:socketkit:node:{b.service.backplane.node}:users"
+        await wait_for(lambda: [json.loads(v)["c"] for v in redis_call(redis.port, "HVALS", key)] == [{}],
+                       what="B's presence record without #x")
+        for c in (alice, bob):
+            await c.close()
