@@ -392,7 +392,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
                 await web.aclose(drain=0.5)
             await service.aclose()
 
-        return service.handle_stream, cleanup
+        # Chat connections never end by themselves: close them (with an ERROR line) before the drain.
+        return service.handle_stream, cleanup, service.aclose
 
     return run_server(args.listen or list(DEFAULT_LISTEN), setup, user=args.user, limits=config.net_limits,
                       loop=args.loop, name="chat", refuse_message=b"ERROR :Server is full\r\n")

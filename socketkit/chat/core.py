@@ -43,6 +43,7 @@ from socketkit.chat.core_state import (
     ChatLimits,
     Client,
     Close,
+    Event,
     Out,
     Send,
 )
@@ -113,6 +114,9 @@ class ChatCore:
         self._out: list[Out] = []
         self._msgid_prefix = secrets.token_urlsafe(6)
         self._msgid_counter = 0
+        # Set by a backplane (socketkit.chat.backplane): local users' actions then also come out as
+        # Event items, and users of other nodes live here as Clients with `remote` set (core_remote).
+        self.federated = False
 
     # --- public API -----------------------------------------------------------------------------------
 
@@ -168,7 +172,7 @@ class ChatCore:
         now = self.clock()
         lim = self.limits
         for c in list(self.clients.values()):
-            if c.closed:
+            if c.closed or c.remote is not None:  # a remote user is its own node's to ping
                 continue
             if c.queue:
                 self._refill(c, now)
@@ -256,6 +260,8 @@ class ChatCore:
         if c.closed:
             return
         c.closed = True
+        if self.federated and c.registered:
+            self.emit("quit", c, reason=_last(quit_message or reason))
         if error:
             line = Message({}, None, "ERROR", [_last(f"Closing Link: {c.host} ({reason})")]).format(trailing=True)
             self.send(c, line)
@@ -271,6 +277,12 @@ class ChatCore:
         if c.folded is not None and self.nicks.get(c.folded) is c:
             del self.nicks[c.folded]
         self.clients.pop(c.cid, None)
+
+    def emit(self, kind: str, c: Client, **data: Any) -> None:
+        """Tell the backplane (if any) what local user `c` did; see core_state.Event."""
+        if self.federated and c.remote is None:
+            ident = (c.nick or "*", c.user or "*", c.host, c.realname, c.account)
+            self._out.append(Event(kind, c.cid, ident, data))
 
     def remove_member(self, ch: Channel, c: Client) -> None:
         ch.members.pop(c, None)

@@ -58,6 +58,8 @@ def cmd_join(core: ChatCore, c: Client, msg: Message) -> None:
         for ch in list(c.channels.values()):
             core.relay(ch.members, c, "PART", [ch.name])
             core.remove_member(ch, c)
+            if core.federated:
+                core.emit("part", c, channel=ch.name, reason="")
         return
     keys = msg.params[1].split(",") if len(msg.params) > 1 else []
     for i, name in enumerate(msg.params[0].split(",")[: core.limits.chanlimit + 1]):
@@ -99,13 +101,15 @@ def join_one(core: ChatCore, c: Client, name: str, key: str | None) -> bool:
     ch.members[c] = "o" if created else ""
     c.channels[folded] = ch
     core.relay(ch.members, c, "JOIN", [ch.name])
+    if core.federated:
+        core.emit("join", c, channel=ch.name, modes=ch.members[c])
     if c.away:
         watchers = [m for m in ch.members if m is not c and "away-notify" in m.caps]
         core.relay(watchers, c, "AWAY", [c.away])
     if ch.topic:
         send_topic(core, c, ch)
     send_names(core, c, ch)
-    if core.history is not None and not created:
+    if core.history is not None:  # a new channel too: after a restart its history is on disk
         from socketkit.chat.core_messages import replay_on_join
 
         replay_on_join(core, c, ch)
@@ -125,6 +129,8 @@ def cmd_part(core: ChatCore, c: Client, msg: Message) -> None:
         else:
             core.relay(ch.members, c, "PART", [ch.name, reason] if reason else [ch.name])
             core.remove_member(ch, c)
+            if core.federated:
+                core.emit("part", c, channel=ch.name, reason=reason)
 
 
 def cmd_topic(core: ChatCore, c: Client, msg: Message) -> None:
@@ -149,6 +155,8 @@ def cmd_topic(core: ChatCore, c: Client, msg: Message) -> None:
     ch.topic_by = c.nick or "*"
     ch.topic_time = core.clock()
     core.relay(ch.members, c, "TOPIC", [ch.name, ch.topic])
+    if core.federated:
+        core.emit("topic", c, channel=ch.name, topic=ch.topic, time=ch.topic_time)
 
 
 def cmd_names(core: ChatCore, c: Client, msg: Message) -> None:
@@ -233,6 +241,8 @@ def cmd_kick(core: ChatCore, c: Client, msg: Message) -> None:
             continue
         core.relay(ch.members, c, "KICK", [ch.name, x.nick or "*", reason])
         core.remove_member(ch, x)
+        if core.federated:
+            core.emit("kick", c, channel=ch.name, target=x.nick, reason=reason)
         if ch.folded not in core.channels:
             return
 

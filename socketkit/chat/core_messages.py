@@ -76,6 +76,9 @@ def _deliver(core: ChatCore, c: Client, msg: Message) -> None:
                 recipients.append(c)
             core.relay(recipients, c, command, params, msgid=msgid, client_tags=client_tags,
                        tags_only=tagmsg, when=now)
+            if core.federated:
+                core.emit("msg", c, command=command, target=ch.name, text=text, msgid=msgid,
+                          tags=client_tags, time=now)
             if text is not None and core.history is not None:
                 tags = dict(client_tags or {})
                 if c.account:
@@ -88,8 +91,12 @@ def _deliver(core: ChatCore, c: Client, msg: Message) -> None:
                     core.num(c, N.ERR_NOSUCHNICK, target, "No such nick/channel")
                 continue
             params[0] = x.nick or target
+            msgid = core.new_msgid()
             core.relay([x, c] if echo and x is not c else [x], c, command, params,
-                       msgid=core.new_msgid(), client_tags=client_tags, tags_only=tagmsg, when=now)
+                       msgid=msgid, client_tags=client_tags, tags_only=tagmsg, when=now)
+            if x.remote is not None and core.federated:  # a user on another node: the backplane delivers
+                core.emit("msg", c, command=command, target=params[0], to=list(x.cid), text=text, msgid=msgid,
+                          tags=client_tags, time=now)
             if command == "PRIVMSG" and x.away:
                 core.num(c, N.RPL_AWAY, x.nick, x.away)
 

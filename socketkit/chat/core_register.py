@@ -31,6 +31,8 @@ def try_register(core: ChatCore, c: Client) -> None:
     from socketkit.chat.core_info import welcome  # late: core_info imports this module's helpers
 
     welcome(core, c)
+    if core.federated:
+        core.emit("user", c)
 
 
 def cmd_pass(core: ChatCore, c: Client, msg: Message) -> None:
@@ -63,6 +65,8 @@ def cmd_nick(core: ChatCore, c: Client, msg: Message) -> None:
     c.update_prefix()
     if c.registered:
         core.relay(core.peers(c, include_self=True), old_prefix, "NICK", [nick], account=c.account)
+        if core.federated:
+            core.emit("nick", c)
     else:
         try_register(core, c)
 

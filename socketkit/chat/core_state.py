@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ChatLimits", "Send", "Close", "AuthRequest", "Out", "Client", "Channel", "glob_match",
+__all__ = ["ChatLimits", "Send", "Close", "AuthRequest", "Out", "Event", "Client", "Channel", "glob_match",
            "normalize_mask"]
 
 
@@ -73,6 +73,17 @@ class AuthRequest:
 
 Out = Send | Close | AuthRequest
 
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A local user's network-visible action, for a backplane to share with other nodes. Only emitted
+    while `ChatCore.federated` is set; `ident` is (nick, user, host, realname, account) at that moment."""
+
+    kind: str      # user nick quit join part kick topic msg
+    cid: Any
+    ident: tuple[str, str, str, str, str | None]
+    data: dict[str, Any]
+
 # Bits of Client.tagmask: the capabilities that change how a relayed line is written.
 TAG_TIME, TAG_MSGTAGS, TAG_ACCOUNT = 1, 2, 4
 
@@ -109,6 +120,7 @@ class Client:
     sasl_pending: bool = False          # an AuthRequest is out
     sasl_failures: int = 0
     closed: bool = False
+    remote: str | None = None           # a user on another node (backplane): the node's id, else None
 
     def update_prefix(self) -> None:
         self.prefix = f"{self.nick or '*'}!{self.user or '*'}@{self.host}"

@@ -135,6 +135,7 @@ class ChatService:
         self._limiter: Any = None
         self.servers: list[Server] = []
         self.backplane: Any = None
+        self._closed = False
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self, listen: Sequence[str | Endpoint] = DEFAULT_LISTEN) -> list[Server]:
@@ -150,6 +151,9 @@ class ChatService:
         return self.servers
 
     async def aclose(self, drain: float | None = 0.5) -> None:
+        if self._closed:
+            return
+        self._closed = True
         # Tell every client why and close it (which ends its handler at once, so `drain` is not spent
         # waiting for connections nobody will close); the outlets go first, so the QUITs the core
         # relays while forgetting them are not written to sockets that are closing anyway.

@@ -14,10 +14,12 @@ from socketkit.errors import SocketkitError
 from socketkit.net import process
 from socketkit.net.endpoint import Endpoint, parse
 from socketkit.net.limits import Limits
-from socketkit.net.server import Handler, Server, _remove_stale_socket, serve
+from socketkit.net.server import Server, _remove_stale_socket, serve
 
-# An async factory called inside each worker's event loop: returns the handler and an async cleanup.
-Setup = Callable[[], Awaitable[tuple[Handler, Callable[[], Awaitable[None]] | None]]]
+# An async factory called inside each worker's event loop: returns the handler and an async cleanup
+# (run after the drain), and optionally a third item: an async hook run when the stop signal arrives,
+# before the drain.
+Setup = Callable[[], Awaitable[tuple[Any, ...]]]
 
 
 def announce(server: Server, name: str = "listening on") -> None:
@@ -52,10 +54,10 @@ def run_server(
         (ready or announce)(server)
 
     async def main(listen: Sequence[Endpoint], sockets: Sequence[socket.socket], reuse_port: bool) -> None:
-        handler, cleanup = await setup()
+        handler, cleanup, *more = await setup()
         try:
             await serve(listen, handler, limits=limits, ready=on_ready, name=name, sockets=sockets,
-                        reuse_port=reuse_port, refuse_message=refuse_message)
+                        reuse_port=reuse_port, refuse_message=refuse_message, on_stop=more[0] if more else None)
         finally:
             if cleanup is not None:
                 await cleanup()

@@ -319,11 +319,13 @@ async def serve(
     *,
     ready: Callable[[Server], object] | None = None,
     stop: asyncio.Event | None = None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
     **options: object,
 ) -> Server:
     """Run a server until SIGINT/SIGTERM (or `stop` is set), then stop it gracefully.
 
-    A second signal during the drain closes the remaining connections at once.
+    `on_stop` runs first, before the drain: a service whose conversations never end by themselves
+    (chat) says goodbye there. A second signal during the drain closes the remaining connections at once.
     """
     server = await start_server(endpoints, handler, **options)
     loop = asyncio.get_running_loop()
@@ -344,6 +346,8 @@ async def serve(
         if ready is not None:
             ready(server)
         await stop.wait()
+        if on_stop is not None:
+            await on_stop()
         closing = asyncio.ensure_future(server.aclose())
         hurried = asyncio.ensure_future(hurry.wait())
         await asyncio.wait({closing, hurried}, return_when=asyncio.FIRST_COMPLETED)

@@ -6,11 +6,9 @@ import http.client
 import signal
 import socket
 import stat
-import subprocess
 import time
 from pathlib import Path
 
-import pytest
 from helpers import WAIT, Spawned, cli_env, listening_url
 
 from socketkit.net.endpoint import parse
@@ -111,10 +109,6 @@ def test_sigterm_with_no_clients_is_quick(tmp_path: Path):
         assert time.monotonic() - start < 3
 
 
-@pytest.mark.xfail(strict=True, raises=(AssertionError, subprocess.TimeoutExpired),
-                   reason="cli._cmd_chat: run_server drains (Limits.drain_timeout, 10 s) before the chat "
-                          "service's cleanup; IRC connections never finish on their own, so SIGTERM with a "
-                          "client connected waits the whole drain and the client gets no ERROR line")
 def test_sigterm_with_a_client_connected_says_goodbye_at_once(tmp_path: Path):
     with spawn_chat(tmp_path) as proc:
         port = parse(listening_url(proc)).port

@@ -7,7 +7,6 @@ import stat
 import threading
 from pathlib import Path
 
-import pytest
 from test_service import IRC, chat_service, clients, nick_of, port_of
 
 from socketkit.chat.core import ChatLimits
@@ -191,8 +190,6 @@ async def test_history_survives_a_restart(tmp_path: Path):
             modern.close()
 
 
-@pytest.mark.xfail(strict=True, reason="core_channels.join_one replays history only when the channel already "
-                   "existed (`and not created`): after a restart the first joiner gets nothing")
 async def test_first_joiner_after_restart_gets_the_replay(tmp_path: Path):
     async with chat_service(data_dir=tmp_path) as svc, clients(svc, "alice") as (alice,):
         await alice.join("#again")

@@ -1,0 +1,464 @@
+"""Several chat nodes as one network, through Redis (`ChatConfig.backplane = "redis://HOST:PORT"`).
+
+What travels where:
+- Events: one pub/sub channel per network (`socketkit:chat:NETWORK:events`), JSON, each naming its node
+  (a node ignores its own). One channel, not one per IRC channel: QUIT/NICK concern every channel of a
+  user, private messages need no subscription bookkeeping, and per-channel SUBSCRIBE churn would race
+  with JOINs; the cost is that every node decodes every event, a few microseconds each.
+- Nicks: one key per nick (`...:nick:FOLDED` = "NODE UID") claimed with SET NX, its TTL refreshed by the
+  heartbeat, so a crashed node's nicks expire. Each node mirrors every remote user in its core, so a
+  nick in use elsewhere gets 433 at once; two nodes taking the same nick in the same instant both
+  accept it locally, and the one whose SET NX loses drops its user ("Nickname collision").
+- Presence: one hash per node (`...:node:ID:users`, field uid -> the user and its channels), expiring
+  as a whole with the node's heartbeat, plus the set `...:nodes`. A node starting (or reconnecting)
+  writes its hash, announces `sync`, and reads every other node's hash; the others re-read its hash on
+  `sync`. A hash per node rather than per channel: one HSET per change, and expiry needs no per-field
+  TTL (HEXPIRE is Redis >= 7.4 only).
+- Liveness: every node publishes `hb` each heartbeat; a node unheard of for its TTL is split off
+  (its users QUIT "*.net *.split"); a node shutting down says `bye`.
+
+One RESP3 connection (Redis >= 7: HELLO 3, SET NX GET) carries commands and the subscription: replies
+and pushes arrive in one ordered stream, which is what makes a snapshot (a reply) and the live events
+(pushes) line up without gaps. Redis lost: local users keep chatting, events are dropped (logged),
+the node reconnects with exponential backoff and resynchronizes. Writes are bounded (pending replies
+and unsent bytes): past the bound, events are dropped with a log line rather than queued in memory.
+
+URL options: redis://[:password@]host[:port][/db][?heartbeat=5&ttl=15&backoff_max=10&prefix=...]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from socketkit.chat import core_remote, resp
+from socketkit.chat.core_state import Event
+from socketkit.errors import SocketkitError
+from socketkit.net.connect import connect
+from socketkit.net.stream import Stream
+
+log = logging.getLogger("socketkit.chat.backplane")
+
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+class BackplaneError(SocketkitError):
+    """Redis refused or broke the conversation (wrong URL, old Redis, protocol error)."""
+
+
+class _Conn:
+    """One RESP3 connection: commands are pipelined and answered in order; pushes go to `on_push`."""
+
+    def __init__(self, stream: Stream, on_push: Callable[[resp.Push], None]) -> None:
+        self.stream = stream
+        self.parser = resp.Parser()
+        self.waiting: deque[Callable[[Any], None] | None] = deque()
+        self.on_push = on_push
+        self.last_reply = time.monotonic()
+
+    def send(self, *args: Any, cb: Callable[[Any], None] | None = None) -> None:
+        self.stream.send_nowait(resp.encode_command(*args))
+        self.waiting.append(cb)
+
+    def send_many(self, commands: list[tuple[Any, ...]]) -> None:
+        if commands:
+            self.stream.send_nowait(b"".join(resp.encode_command(*c) for c in commands))
+            self.waiting.extend([None] * len(commands))
+
+    async def call(self, *args: Any, timeout: float = 5.0) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.send(*args, cb=lambda v: fut.done() or fut.set_result(v))
+        try:
+            value = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise BackplaneError(f"redis did not answer {args[0]} within {timeout:g}s") from None
+        if isinstance(value, resp.Error):
+            raise BackplaneError(f"redis refused {args[0]}: {value}")
+        return value
+
+    async def read_loop(self) -> None:
+        try:
+            async for chunk in self.stream:
+                self.last_reply = time.monotonic()
+                for reply in self.parser.feed(chunk):
+                    if type(reply) is resp.Push:
+                        self.on_push(reply)
+                    elif self.waiting:
+                        cb = self.waiting.popleft()
+                        if cb is not None:
+                            cb(reply)
+        finally:
+            lost = resp.Error("LOST connection to redis")
+            while self.waiting:
+                cb = self.waiting.popleft()
+                if cb is not None:
+                    cb(lost)
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise BackplaneError(f"backplane {url!r}: expected redis://HOST:PORT (or rediss:// for TLS)")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise BackplaneError(f"backplane {url!r}: bad port") from None
+    host = parts.hostname or "127.0.0.1"
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise BackplaneError(f"backplane {url!r}: the path is a database number, e.g. redis://host:6379/0")
+    scheme = "tls" if parts.scheme == "rediss" else "tcp"
+    return {"endpoint": f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}",
+            "password": unquote(parts.password) if parts.password else None,
+            "username": unquote(parts.username) if parts.username else None,
+            "db": int(path) if path else None, "query": query}
+
+
+class Backplane:
+    """Shares one ChatService's core with the other nodes on the same Redis."""
+
+    def __init__(self, service: Any, url: str, *, heartbeat: float | None = None, ttl: float | None = None,
+                 backoff_max: float | None = None, max_pending: int = 100_000, max_buffer: int = 8 << 20,
+                 connect_timeout: float = 5.0) -> None:
+        opts = parse_url(url)
+        q = opts["query"]
+        self.service = service
+        self.core = service.core
+        self.url = url
+        self.endpoint: str = opts["endpoint"]
+        self.opts = opts
+        self.heartbeat = float(heartbeat or q.get("heartbeat", 5.0))
+        self.ttl = float(ttl or q.get("ttl", 3 * self.heartbeat))
+        self.backoff_min = 0.1
+        self.backoff_max = float(backoff_max or q.get("backoff_max", 10.0))
+        self.max_pending = max_pending
+        self.max_buffer = max_buffer
+        self.connect_timeout = connect_timeout
+        self.node = secrets.token_hex(5)
+        prefix = q.get("prefix") or f"socketkit:chat:{self.core.network}:"
+        self.k_events = prefix + "events"
+        self.k_nodes = prefix + "nodes"
+        self.prefix = prefix
+        self.conn: _Conn | None = None
+        self.connected = asyncio.Event()
+        self.dirty: set[Any] = set()        # local cids whose presence record must be rewritten
+        self.claimed: dict[Any, str] = {}   # local cid -> the nick key it holds
+        self.seen: dict[str, tuple[float, float]] = {}  # node -> (last heard, its ttl)
+        self.dropped = 0
+        self._batch: list[tuple[Any, ...]] = []
+        self._claims: list[tuple[Any, str]] = []
+        self._last_drop_log = 0.0
+        self._resyncing: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- keys ---------------------------------------------------------------------------------------
+    def k_users(self, node: str) -> str:
+        return f"{self.prefix}node:{node}:users"
+
+    def k_node(self, node: str) -> str:
+        return f"{self.prefix}node:{node}"
+
+    def k_nick(self, folded: str) -> str:
+        return f"{self.prefix}nick:{folded}"
+
+    def _owner(self, cid: Any) -> str:
+        return f"{self.node} {cid}"
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.core.federated = True
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="chat backplane")
+        try:
+            await asyncio.wait_for(asyncio.shield(self.connected.wait()), self.connect_timeout)
+        except TimeoutError:
+            log.warning("backplane: redis at %s not reachable yet; serving local users and retrying",
+                        self.endpoint)
+
+    async def aclose(self) -> None:
+        self._closing = True
+        conn = self.conn
+        if conn is not None:
+            try:
+                self.after_dispatch([])
+                conn.send_many([("PUBLISH", self.k_events, self._wire({"k": "bye"})),
+                                ("DEL", self.k_users(self.node), self.k_node(self.node)),
+                                ("SREM", self.k_nodes, self.node)])
+                await conn.call("PING", timeout=1.0)
+            except (SocketkitError, OSError) as e:
+                log.info("backplane: goodbye to redis not delivered (%s)", e)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - closing either way
+                pass
+        self.core.federated = False
+
+    async def _run(self) -> None:
+        delay = self.backoff_min
+        failures = 0
+        while not self._closing:
+            try:
+                stream = await connect(self.endpoint, timeout=self.connect_timeout)
+            except (SocketkitError, OSError) as e:
+                failures += 1
+                (log.warning if failures == 1 else log.debug)(
+                    "backplane: cannot reach redis at %s (%s); retrying with backoff", self.endpoint, e)
+            else:
+                try:
+                    await self._session(stream)
+                except (SocketkitError, OSError, resp.ProtocolError) as e:
+                    if not self._closing:
+                        log.warning("backplane: redis connection lost (%s); local users keep chatting, "
+                                    "reconnecting", e)
+                except Exception:
+                    log.exception("backplane: session failed; reconnecting")
+                finally:
+                    if self.connected.is_set():
+                        delay, failures = self.backoff_min, 0  # it worked for a while: start over
+                    self.conn = None
+                    self.connected.clear()
+                    stream.abort()
+            if self._closing:
+                return
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, self.backoff_max)
+
+    async def _session(self, stream: Stream) -> None:
+        conn = _Conn(stream, self._on_push)
+        reader = asyncio.get_running_loop().create_task(conn.read_loop(), name="chat backplane reader")
+        try:
+            auth: list[str] = []
+            if self.opts["password"] is not None:
+                auth = ["AUTH", self.opts["username"] or "default", self.opts["password"]]
+            try:
+                await conn.call("HELLO", "3", *auth)
+            except BackplaneError as e:
+                raise BackplaneError(f"{e} (the backplane needs Redis >= 7 for RESP3)",
+                                     endpoint=self.endpoint) from None
+            if self.opts["db"] is not None:
+                await conn.call("SELECT", self.opts["db"])
+            self.conn = conn  # from here on local events are published (after the state _sync writes)
+            await self._sync(conn)
+            self.connected.set()
+            if self.dropped:
+                log.warning("backplane: %d events were not shared while redis was unreachable", self.dropped)
+                self.dropped = 0
+            log.info("backplane: node %s joined the network at %s (%d remote users)", self.node, self.endpoint,
+                     sum(1 for c in self.core.clients.values() if c.remote is not None))
+            while True:
+                done, _ = await asyncio.wait({reader}, timeout=self.heartbeat)
+                if reader in done:
+                    reader.result()
+                    raise BackplaneError("redis closed the connection", endpoint=self.endpoint)
+                self._heartbeat(conn)
+        finally:
+            reader.cancel()
+
+    # -- synchronization ------------------------------------------------------------------------------
+    async def _sync(self, conn: _Conn) -> None:
+        """Subscribe, write our whole state, then load everyone else's (in stream order, see module doc)."""
+        conn.stream.send_nowait(resp.encode_command("SUBSCRIBE", self.k_events))  # RESP3: answered by pushes
+        me = self.node
+        cmds: list[tuple[Any, ...]] = [("DEL", self.k_users(me))]
+        local = [c for c in self.core.clients.values() if c.remote is None and c.registered and not c.closed]
+        for c in local:
+            cmds.append(("HSET", self.k_users(me), str(c.cid), json.dumps(core_remote.record(c))))
+        cmds += [("EXPIRE", self.k_users(me), int(self.ttl) + 1),
+                 ("SET", self.k_node(me), "1", "EX", int(self.ttl) + 1), ("SADD", self.k_nodes, me)]
+        conn.send_many(cmds)
+        self.claimed.clear()
+        self.dirty.clear()
+        for c in local:
+            self._claim(conn, c.cid, c.folded or "")
+        conn.send("PUBLISH", self.k_events, self._wire({"k": "sync"}))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def got_nodes(reply: Any) -> None:
+            if isinstance(reply, resp.Error):
+                done.done() or done.set_exception(BackplaneError(f"SMEMBERS failed: {reply}"))
+                return
+            alive = {n.decode() for n in reply} - {me}
+            now = time.monotonic()
+            # Nodes we knew but Redis does not (it restarted empty): give them one TTL to come back
+            # and announce `sync` before their users are split off, instead of a spurious netsplit.
+            for node in core_remote.nodes(self.core) | set(self.seen):
+                self.seen[node] = (now, self.seen.get(node, (0.0, self.ttl))[1])
+            for node in alive:
+                self.seen[node] = (now, self.ttl)
+                self._load(conn, node)
+            conn.send("PING", cb=lambda _: done.done() or done.set_result(None))
+
+        conn.send("SMEMBERS", self.k_nodes, cb=got_nodes)
+        try:
+            await asyncio.wait_for(done, self.connect_timeout)
+        except TimeoutError:
+            raise BackplaneError("redis did not answer the sync in time", endpoint=self.endpoint) from None
+
+    def _load(self, conn: _Conn, node: str) -> None:
+        """Read `node`'s presence hash and make our view of it match, at that point of the stream."""
+        def apply(reply: Any) -> None:
+            if isinstance(reply, resp.Error):
+                return
+            records = []
+            for raw in (reply or {}).values():
+                try:
+                    records.append(json.loads(raw))
+                except ValueError:
+                    log.warning("backplane: bad presence record from node %s", node)
+            self.service.dispatch(core_remote.apply_snapshot(self.core, node, records))
+
+        conn.send("HGETALL", self.k_users(node), cb=apply)
+
+    def _claim(self, conn: _Conn, cid: Any, folded: str) -> None:
+        key, owner = self.k_nick(folded), self._owner(cid)
+
+        def claimed(reply: Any) -> None:
+            if isinstance(reply, resp.Error):
+                return
+            c = self.core.clients.get(cid)
+            current = c is not None and c.folded == folded and not c.closed
+            if reply is None or reply.decode() == owner:
+                if current:
+                    self.claimed[cid] = key
+                else:  # the user moved on (or left) while the claim was in flight
+                    conn.send("EVAL", _RELEASE, 1, key, owner)
+                return
+            if current:
+                log.info("backplane: nick %s is held on another node (%s): dropping the local user", folded,
+                         reply.decode())
+                self.service.dispatch(core_remote.collide(self.core, cid))
+
+        conn.send("SET", key, owner, "NX", "GET", "EX", int(self.ttl) + 1, cb=claimed)
+
+    def _heartbeat(self, conn: _Conn) -> None:
+        now = time.monotonic()
+        if now - conn.last_reply > 2 * self.heartbeat + self.connect_timeout and conn.waiting:
+            raise BackplaneError("redis stopped answering", endpoint=self.endpoint)
+        ttl = int(self.ttl) + 1
+        me = self.node
+        cmds: list[tuple[Any, ...]] = [("SET", self.k_node(me), "1", "EX", ttl), ("SADD", self.k_nodes, me),
+                                       ("EXPIRE", self.k_users(me), ttl)]
+        cmds += [("EXPIRE", key, ttl) for key in self.claimed.values()]
+        cmds.append(("PUBLISH", self.k_events, self._wire({"k": "hb", "ttl": self.ttl})))
+        conn.send_many(cmds)
+        conn.send("PING")
+        for node, (heard, ttl_) in list(self.seen.items()):
+            if now - heard > ttl_:
+                del self.seen[node]
+                log.info("backplane: node %s went silent; its users leave", node)
+                conn.send("SREM", self.k_nodes, node)
+                self.service.dispatch(core_remote.remove_node(self.core, node))
+
+    # -- events in ------------------------------------------------------------------------------------
+    def _on_push(self, push: resp.Push) -> None:
+        if len(push) < 3 or push[0] != b"message":
+            return
+        try:
+            ev = json.loads(push[2])
+            node = ev["n"]
+            kind = ev["k"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("backplane: ignored a malformed event")
+            return
+        if node == self.node:
+            return
+        self.seen[node] = (time.monotonic(), float(ev.get("ttl") or self.seen.get(node, (0, self.ttl))[1]))
+        if kind == "hb":
+            return
+        core = self.core
+        try:
+            if kind == "bye":
+                self.seen.pop(node, None)
+                self.service.dispatch(core_remote.remove_node(core, node))
+            elif kind == "sync":
+                if self.conn is not None:
+                    self._load(self.conn, node)
+            else:
+                if kind not in ("user", "quit") and (node, ev["u"]) not in core.clients:
+                    self._resync(node)  # we missed this user's arrival: fetch the node's whole state
+                target = core.lookup_nick(ev.get("target", "")) if kind == "kick" else None
+                self.service.dispatch(core_remote.apply_event(core, self.node, node, ev))
+                if target is not None and target.remote is None:
+                    self.dirty.add(target.cid)
+                    self.after_dispatch([])
+        except Exception:  # noqa: BLE001 - one bad event must not cut the connection
+            log.exception("backplane: could not apply a %r event from node %s", kind, node)
+
+    def _resync(self, node: str) -> None:
+        now = time.monotonic()
+        if self.conn is not None and now - self._resyncing.get(node, 0.0) > 1.0:
+            self._resyncing[node] = now
+            self._load(self.conn, node)
+
+    # -- events out (called by ChatService.dispatch) --------------------------------------------------
+    def publish(self, item: Any) -> None:
+        if type(item) is not Event:
+            return
+        data = {"k": item.kind, "u": item.cid, "i": item.ident}
+        data.update(item.data)
+        kind = item.kind
+        cid = item.cid
+        if kind in ("user", "nick"):
+            old = self.claimed.pop(cid, None)
+            if old is not None:
+                self._batch.append(("EVAL", _RELEASE, 1, old, self._owner(cid)))
+            self._claims.append((cid, self.core.fold(item.ident[0])))
+        elif kind == "quit":
+            old = self.claimed.pop(cid, None)
+            if old is not None:
+                self._batch.append(("EVAL", _RELEASE, 1, old, self._owner(cid)))
+        if kind != "msg" and kind != "topic":
+            self.dirty.add(cid)
+        self._batch.append(("PUBLISH", self.k_events, self._wire(data)))
+
+    def after_dispatch(self, out: Any) -> None:
+        batch, claims = self._batch, self._claims
+        if not batch and not claims and not self.dirty:
+            return
+        conn = self.conn
+        if conn is None:
+            self.dropped += sum(1 for cmd in batch if cmd[0] == "PUBLISH")
+            self._batch, self._claims = [], []
+            self.dirty.clear()  # rewritten in full by the next sync
+            return
+        if len(conn.waiting) > self.max_pending or conn.stream.write_buffer_size > self.max_buffer:
+            lost = sum(1 for cmd in batch if cmd[0] == "PUBLISH")
+            self.dropped += lost
+            now = time.monotonic()
+            if now - self._last_drop_log > 5.0:
+                self._last_drop_log = now
+                log.warning("backplane: redis is slow (%d replies pending, %d bytes unsent): %d events dropped",
+                            len(conn.waiting), conn.stream.write_buffer_size, self.dropped)
+            self._batch, self._claims = [], []
+            return  # `dirty` stays: written with the next batch that fits
+        clients = self.core.clients
+        me = self.k_users(self.node)
+        for cid in self.dirty:
+            c = clients.get(cid)
+            if c is not None and c.registered and not c.closed and c.remote is None:
+                batch.append(("HSET", me, str(cid), json.dumps(core_remote.record(c))))
+            else:
+                batch.append(("HDEL", me, str(cid)))
+        self.dirty.clear()
+        self._batch, self._claims = [], []
+        try:
+            conn.send_many(batch)
+            for cid, folded in claims:
+                self._claim(conn, cid, folded)
+        except SocketkitError as e:  # the connection is going down; the reader notices and reconnects
+            log.info("backplane: write to redis failed (%s)", e)
+
+    def _wire(self, data: dict[str, Any]) -> str:
+        data["n"] = self.node
+        return json.dumps(data, separators=(",", ":"), default=str)
