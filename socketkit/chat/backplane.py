@@ -150,6 +150,7 @@ class Backplane:
         self.prefix = prefix
         self.conn: _Conn | None = None
         self.connected = asyncio.Event()
+        self._tried = asyncio.Event()       # the first connection attempt is over, either way
         self.dirty: set[Any] = set()        # local cids whose presence record must be rewritten
         self.claimed: dict[Any, str] = {}   # local cid -> the nick key it holds
         self.seen: dict[str, tuple[float, float]] = {}  # node -> (last heard, its ttl)
@@ -179,8 +180,10 @@ class Backplane:
         self.core.federated = True
         self._task = asyncio.get_running_loop().create_task(self._run(), name="chat backplane")
         try:
-            await asyncio.wait_for(asyncio.shield(self.connected.wait()), self.connect_timeout)
+            await asyncio.wait_for(self._tried.wait(), 2 * self.connect_timeout)
         except TimeoutError:
+            pass
+        if not self.connected.is_set():
             log.warning("backplane: redis at %s not reachable yet; serving local users and retrying",
                         self.endpoint)
 
@@ -214,6 +217,7 @@ class Backplane:
                 failures += 1
                 (log.warning if failures == 1 else log.debug)(
                     "backplane: cannot reach redis at %s (%s); retrying with backoff", self.endpoint, e)
+                self._tried.set()
             else:
                 try:
                     await self._session(stream)
@@ -224,6 +228,7 @@ class Backplane:
                 except Exception:
                     log.exception("backplane: session failed; reconnecting")
                 finally:
+                    self._tried.set()
                     if self.connected.is_set():
                         delay, failures = self.backoff_min, 0  # it worked for a while: start over
                     self.conn = None
@@ -251,6 +256,7 @@ class Backplane:
             self.conn = conn  # from here on local events are published (after the state _sync writes)
             await self._sync(conn)
             self.connected.set()
+            self._tried.set()
             if self.dropped:
                 log.warning("backplane: %d events were not shared while redis was unreachable", self.dropped)
                 self.dropped = 0

@@ -465,3 +465,23 @@ async def test_kick_of_a_user_on_another_node(redis: Redis) -> None:
                        what="B's presence record without #x")
         for c in (alice, bob):
             await c.close()
+
+
+async def test_a_node_starts_while_redis_is_down_and_joins_later(redis: Redis) -> None:
+    later = Redis()  # a port nobody listens on yet
+    down = ChatService(ChatConfig(backplane=later.url, sasl=False))
+    started = time.monotonic()
+    await down.start(["tcp://127.0.0.1:0"])
+    try:
+        assert time.monotonic() - started < 2 and not down.backplane.connected.is_set()
+        node = Node(down)
+        solo = await Client.open(node, "solo")  # local users are served without Redis
+        await join(solo, "#x")
+        later.start()
+        await wait_for(lambda: down.backplane.connected.is_set(), what="the node reaching redis once it is up")
+        key = f"socketkit:chat:socketkit:node:{down.backplane.node}:users"
+        assert [json.loads(v)["i"][0] for v in redis_call(later.port, "HVALS", key)] == ["solo"]
+        await solo.close()
+    finally:
+        await down.aclose(drain=0)
+        later.stop()
