@@ -48,6 +48,7 @@ from _common import (  # noqa: E402
     note,
     python_version,
     ratio_line,
+    split_cpus,
     target_verdict,
 )
 
@@ -240,7 +241,7 @@ def describe_errors(errors: Counter[str]) -> str:
 
 def wrk(url: str, seconds: int, args: argparse.Namespace) -> Run:
     argv = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{seconds}s", url]
-    with ChildProcess(argv, name="wrk") as child:
+    with ChildProcess(argv, name="wrk", cpus=split_cpus()[1] if args.pin else None) as child:
         code = child.wait(timeout=seconds + 30)
         out = child.output(limit=20000)
     if code != 0:
@@ -264,8 +265,10 @@ def wrk_version() -> str:
 def measure(case: Case, server: Server, ctx: Context, args: argparse.Namespace) -> Run:
     port = free_port()
     argv = server.argv(port, ctx)
+    server_cpus = split_cpus()[0] if args.pin else None
     with http_server(
-        argv, port, case.path, name=server.name, env=server.env(ctx), ready_timeout=READY_TIMEOUT
+        argv, port, case.path, name=server.name, env=server.env(ctx), ready_timeout=READY_TIMEOUT,
+        cpus=server_cpus,
     ) as (child, (status, _headers, body)):
         case.check(status, body, ctx)
         url = f"http://{HOST}:{port}{case.path}"
@@ -349,6 +352,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=int, default=10, help="measured seconds per run (after a 1 s warm-up)")
     p.add_argument("--connections", type=int, default=64, help="wrk's concurrent connections")
     p.add_argument("--threads", type=int, default=2, help="wrk's threads")
+    p.add_argument("--pin", action="store_true",
+                   help="server on the first CPU, wrk on the others (use with --threads 1 on 2 cores): "
+                        "the server is measured without the load generator competing for its core")
     p.add_argument(
         "--repeat", type=int, default=3, help="runs per server, interleaved; the median is reported"
     )
