@@ -6,6 +6,7 @@ from importlib import resources
 from typing import Any
 
 from socketkit.chat.server import ChatService
+from socketkit.web.lifespan import answer_lifespan
 
 _FILES = {
     "/": ("chat.html", b"text/html; charset=utf-8"),
@@ -31,11 +32,8 @@ class ChatWebApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            await answer_lifespan(receive, send)
+            return
         path = scope.get("path", "/")
         root = scope.get("root_path", "")
         if root and path.startswith(root):

@@ -51,6 +51,7 @@ from urllib.parse import parse_qs, quote
 
 from socketkit.mail import inbox_page as view
 from socketkit.mail.maildir import Maildir, MailStore, _check_id, _sort_key, mailbox_name
+from socketkit.web.lifespan import answer_lifespan
 
 log = logging.getLogger("socketkit.mail.inbox")
 
@@ -159,14 +160,7 @@ class Inbox:
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    self.close()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send, self.close)
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1008})
 

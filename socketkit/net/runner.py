@@ -23,8 +23,11 @@ Setup = Callable[[], Awaitable[tuple[Any, ...]]]
 
 
 def announce(server: Server, name: str = "listening on") -> None:
+    # One write per line: with --workers several processes share stderr, and print() writes the text
+    # and its newline separately, so their lines could interleave mid-line.
     for ep in server.endpoints:
-        print(f"{name} {ep}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"{name} {ep}\n")
+        sys.stderr.flush()
 
 
 def run_server(

@@ -12,6 +12,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from socketkit.web.lifespan import answer_lifespan
+
 StatusSource = Callable[[], list[dict[str, Any]]]
 
 _PAGE = """<!doctype html>
@@ -66,7 +68,7 @@ class LandingApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await answer_lifespan(receive, send)
             return
         path = scope.get("path", "/")
         for m in self.mounts:
@@ -104,12 +106,3 @@ async def _respond(send: Any, status: int, ctype: str, body: bytes) -> None:
         (b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]})
     await send({"type": "http.response.body", "body": body})
 
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -86,3 +86,17 @@ class Lifespan:
             self._stopped.set()
         else:
             raise RuntimeError(f"ASGI: unexpected lifespan message {kind!r}")
+
+
+async def answer_lifespan(receive: Any, send: Any, on_shutdown: Any = None) -> None:
+    """For an ASGI app with nothing to set up: acknowledge startup and shutdown (calling `on_shutdown`
+    first, if given). The small apps socketkit ships (static files, pages) all answer this way."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            if on_shutdown is not None:
+                on_shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

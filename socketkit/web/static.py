@@ -49,6 +49,7 @@ from typing import Any
 from urllib.parse import quote, quote_from_bytes
 
 from . import static_http as rules
+from .lifespan import answer_lifespan
 from .static_listing import CSP, render
 
 __all__ = ["MAX_PATH", "StaticFiles"]
@@ -117,13 +118,7 @@ class StaticFiles:
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1008})
 
