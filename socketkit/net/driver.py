@@ -141,6 +141,12 @@ class Driver:
                     return payload  # it finished inline; a cancellation that came after is moot
                 if kind == _ERROR:
                     raise payload
+                if kind == _YIELDED and isinstance(error, asyncio.CancelledError) and asyncio.isfuture(payload):
+                    # Cancelled after the handler, stepped inline, began awaiting `payload`: cancel that
+                    # instead, as Task.cancel() does, so what it waits for (a gather's children...) is
+                    # cancelled too; the Task then delivers CancelledError when `payload` wakes it.
+                    if payload.cancel(msg=error.args[0] if error.args else None):
+                        error = None
                 if kind == _RESUME or error is not None:
                     break
                 yielded = payload  # _YIELDED: a real awaitable, passed to the Task below

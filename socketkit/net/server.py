@@ -232,16 +232,19 @@ class Server:
         idle = self.limits.idle_timeout
         assert idle is not None
         tick = max(0.05, min(1.0, idle / 4))
-        seen: dict[Stream, tuple[int, int, float]] = {}
+        seen: dict[Stream, tuple[int, int, int, float]] = {}
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(tick)
             now = loop.time()
-            current: dict[Stream, tuple[int, int, float]] = {}
+            current: dict[Stream, tuple[int, int, int, float]] = {}
             for s in self._streams:
-                moved = (s.bytes_in, s.bytes_out)
+                if s.closed:
+                    continue  # closing already (its flush is bounded by the stream itself)
+                # Bytes still leaving count as activity: a long download to a slow reader is not idle.
+                moved = (s.bytes_in, s.bytes_out, s.write_buffer_size)
                 prev = seen.get(s)
-                since = prev[2] if prev is not None and prev[:2] == moved else now
+                since = prev[3] if prev is not None and prev[:3] == moved else now
                 if now - since >= idle:
                     self.idle_closed += 1
                     s.close()
@@ -259,7 +262,12 @@ class Server:
         if self._streams and drain > 0:
             await asyncio.wait(list(self._streams.values()), timeout=drain)
         for stream in list(self._streams):
-            stream.close()
+            # Past the drain nothing more is owed: a peer that does not read gets a reset, so no socket
+            # outlives the server.
+            if stream.write_buffer_size > 0:
+                stream.abort()
+            else:
+                stream.close()
         if self._stop is not None:
             self._stop.set()
         if self._main is not None:

@@ -128,6 +128,7 @@ class Stream:
         self._deadline_seconds: float | None = None
         self._driver: Driver | None = None  # set by the server: see socketkit.net.driver
         self._handoff: bytes | None = None  # bytes handed to a parked handler, not yet taken
+        self._abort_handle: asyncio.TimerHandle | None = None  # bounds the flush after close()
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -149,6 +150,9 @@ class Stream:
     def _connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._send_blocked = True
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+            self._abort_handle = None
         if exc is not None and self._error is None and not self._closing:
             self._error = exc
         self._eof = True
@@ -281,6 +285,10 @@ class Stream:
             d = self._driver
             if d is not None and d.stepping and timeout is None and self._deadline is None \
                     and not self._reading_paused:
+                if self._closing:
+                    raise self._failure()
+                if self._read_waiter is not None:
+                    raise RuntimeError("another task is already receiving on this stream")
                 await PARK  # the common case, kept inline: see socketkit.net.driver
                 data = self._handoff
                 if data is not None:
@@ -393,6 +401,10 @@ class Stream:
             if not self._eof:
                 d = self._driver
                 if d is not None and d.stepping and self._deadline is None and not self._reading_paused:
+                    if self._closing or self._read_waiter is not None:
+                        if self._closing:
+                            raise self._failure()
+                        raise RuntimeError("another task is already receiving on this stream")
                     await PARK
                     data = self._handoff
                     if data is not None:
@@ -437,14 +449,14 @@ class Stream:
         return self._failure()
 
     async def _drain(self, timeout: float | None) -> None:
-        while self._writing_paused and not self._lost:
+        while self._writing_paused and not self._lost and not self._closing:
             fut = self._loop.create_future()
             self._drain_waiter = fut
             try:
                 await self._wait(fut, timeout, "send")
             finally:
                 self._drain_waiter = None
-        if self._lost and self._error is not None:
+        if (self._lost and self._error is not None) or self._closing:
             raise self._failure()
 
     def send_nowait(self, data: bytes) -> None:
@@ -593,9 +605,27 @@ class Stream:
             return
         self._closing = True
         self._send_blocked = True
-        if self._transport is not None and not self._lost:
-            self._transport.close()
+        transport = self._transport
+        if transport is not None and not self._lost:
+            transport.close()
+            # A peer that never reads would keep the flush (and the socket) forever: give it
+            # drain_timeout seconds, then reset.
+            if transport.get_write_buffer_size() > 0:
+                self._abort_handle = self._loop.call_later(self.limits.drain_timeout, self._abort_if_alive)
         self._wake_reader()
+        self._wake_drain()
+
+    def _abort_if_alive(self) -> None:
+        self._abort_handle = None
+        if not self._lost and self._transport is not None:
+            self._transport.abort()
+
+    def _wake_drain(self) -> None:
+        w = self._drain_waiter
+        if w is not None:
+            self._drain_waiter = None
+            if not w.done():
+                w.set_result(None)
 
     def abort(self) -> None:
         """Close at once, dropping unsent data (the peer sees a reset). Idempotent."""
@@ -623,6 +653,14 @@ class Stream:
                 await asyncio.shield(self._closed_waiter)
         except TimeoutError:
             self._transport.abort()
+
+    async def wait_lost(self) -> None:
+        """Return once the connection is gone (closed by either side, reset, or aborted)."""
+        if self._lost or self._transport is None:
+            return
+        if self._closed_waiter is None:
+            self._closed_waiter = self._loop.create_future()
+        await asyncio.shield(self._closed_waiter)
 
     async def __aenter__(self) -> Stream:
         return self

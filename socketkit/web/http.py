@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from socketkit.errors import DeadlineError, PeerResetError, SocketkitError
+from socketkit.errors import ClosedError, DeadlineError, PeerResetError, SocketkitError
 from socketkit.net.stream import _SENT, Stream
 from socketkit.proto.http1 import (
     ConnectionClosed,
@@ -196,7 +196,7 @@ class Cycle:
         self.scope = scope
 
     def failed(self, exc: Exception) -> None:
-        if isinstance(exc, (PeerResetError, ConnectionError)):
+        if isinstance(exc, (PeerResetError, ClosedError, ConnectionError)):
             self.stream.abort()
             return
         log.error("ASGI app raised an exception for %s %s", self.scope["method"], self.scope["path"],
@@ -293,7 +293,16 @@ class Cycle:
             exc = reader.exception()
             data = reader.result() if exc is None else b""
             if data:
-                self.stream.unreceive(data)  # the next pipelined request: keep it for later
+                # The next pipelined request, not a goodbye: keep it for later, and read no further
+                # (one read ahead at most) -- wait for our response to end or the connection to drop.
+                self.stream.unreceive(data)
+                lost = loop.create_task(self.stream.wait_lost())
+                try:
+                    await asyncio.wait({lost, self.response_done}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    lost.cancel()
+                if self.stream.closed:
+                    self.disconnected = True
             else:
                 self.disconnected = True
         return _DISCONNECT
@@ -311,12 +320,12 @@ class Cycle:
             more = message.get("more_body", False)
             conn = self.conn
             if not self.head_sent:
-                self.head_sent = True
                 extra = _clock.extra(self.handler.server_header)
                 if more:
                     data = conn.response_head(self.status, self.headers, extra) + conn.body(body)
                 else:
                     data = conn.response(self.status, self.headers, body, extra)
+                self.head_sent = True  # only now: a head refused above (bad header) still gets a 500
             elif more:
                 data = conn.body(body)
             else:
@@ -353,8 +362,8 @@ class Cycle:
         more = message.get("more_body", False)
         conn = self.conn
         if not self.head_sent:
-            self.head_sent = True
             head = conn.response_head(self.status, self.headers, _clock.extra(self.handler.server_header))
+            self.head_sent = True
             await self.stream.send(head)
         if self.request.method != b"HEAD" and self.status not in (204, 304):
             if count is None:
@@ -374,11 +383,16 @@ class Cycle:
         chunked = conn.chunked
         if chunked:  # frame the whole file as one chunk
             await self.stream.send(b"%x\r\n" % count)
-        else:
-            conn.body_sent_externally(count)
-        await self.stream.sendfile(file, offset, count)
+        sent = await self.stream.sendfile(file, offset, count)
+        if sent != count:
+            # The file shrank under us: the framing already promised `count` bytes, so the only honest
+            # ending is to cut the connection (a keep-alive would read our next response as body).
+            self.stream.abort()
+            raise LocalProtocolError(f"file shrank during sendfile: {sent} of {count} bytes sent")
         if chunked:
             await self.stream.send(b"\r\n")
+        else:
+            conn.body_sent_externally(count)
 
     def _log_access(self) -> None:
         client = self.scope.get("client")
