@@ -330,6 +330,11 @@ class LineReader:
     def __len__(self) -> int:
         return len(self.buf)
 
+    @property
+    def skipping(self) -> bool:
+        """True while the rest of an overlong line is being dropped."""
+        return self._skipping
+
     def feed(self, data: bytes) -> None:
         self.buf += data
 
