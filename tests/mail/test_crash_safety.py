@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from helpers import Spawned, cli_env
+from mail_support import RECEIVED
 
 KILLS = 15
 CLIENTS = 4
-RECEIVED = re.compile(rb"\AReceived: from [^\r\n]*\r\n(?:\t[^\r\n]*\r\n)+")
 SUBJECT = re.compile(rb"^Subject: (msg-\d+-\d+)\r$", re.M)
 
 

@@ -3,43 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email
 import email.policy
-import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from helpers import cli_env, run_cli
+from mail_support import RECEIVED, check_password, mail_server
 
 from socketkit.mail.sender import SendError, build_message, send, send_message
 from socketkit.mail.server import MailConfig, MailServer, start
-
-RECEIVED = re.compile(rb"\AReceived: from [^\r\n]*\r\n(?:\t[^\r\n]*\r\n)+")
-
-
-@pytest.fixture(autouse=True)
-def private_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "data"
-    monkeypatch.setenv("SOCKETKIT_DATA", str(path))
-    return path
-
-
-async def check_password(user: str, password: str) -> bool:
-    return (user, password) == ("alice", "secret")
-
-
-@contextlib.asynccontextmanager
-async def mail_server(tmp_path: Path, **options) -> AsyncIterator[MailServer]:
-    config = dict(maildir=tmp_path / "mail", domains=("example.org",), hostname="mx.test",
-                  authenticator=check_password, auth_failure_delay=0)
-    config.update(options)
-    mail = await start(MailConfig(**config), ["tcp://127.0.0.1:0"])
-    try:
-        yield mail
-    finally:
-        await mail.aclose(drain=0)
 
 
 def url(mail: MailServer) -> str:

@@ -4,50 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import re
 import shutil
 import smtplib
 import socket
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from email.policy import SMTPUTF8
 from pathlib import Path
 
 import pytest
+from mail_support import RECEIVED, mail_server
 
 from socketkit.mail.maildir import Maildir, MailStore
-from socketkit.mail.server import MailConfig, MailServer, start
+from socketkit.mail.server import MailConfig, MailServer
 from socketkit.net import certs
 from socketkit.proto.smtp import Message
-
-RECEIVED = re.compile(rb"\AReceived: from [^\r\n]*\r\n(?:\t[^\r\n]*\r\n)+")
-
-
-@pytest.fixture(autouse=True)
-def private_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private SOCKETKIT_DATA: the dev CA and certificate are made fresh for the test."""
-    path = tmp_path / "data"
-    monkeypatch.setenv("SOCKETKIT_DATA", str(path))
-    return path
-
-
-async def check_password(user: str, password: str) -> bool:
-    return (user, password) == ("alice", "secret")
-
-
-@contextlib.asynccontextmanager
-async def mail_server(tmp_path: Path, **options) -> AsyncIterator[MailServer]:
-    config = dict(maildir=tmp_path / "mail", domains=("example.org",), hostname="mx.test",
-                  authenticator=check_password, auth_failure_delay=0)
-    config.update(options)
-    mail = await start(MailConfig(**config), ["tcp://127.0.0.1:0"])
-    try:
-        yield mail
-    finally:
-        await mail.aclose(drain=0)
 
 
 def port_of(mail: MailServer) -> int:
