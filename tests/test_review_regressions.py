@@ -193,3 +193,53 @@ async def test_an_invalid_header_from_the_app_gives_a_500():
         writer.close()
     finally:
         await web.aclose(drain=0)
+
+
+async def test_a_live_unix_socket_is_not_taken_over(tmp_path):
+    """Used to: starting a second server on the same path unlinked the first one's live socket."""
+    from socketkit.errors import ListenError
+
+    path = tmp_path / "s.sock"
+
+    async def echo(stream):
+        async for chunk in stream:
+            await stream.send(chunk)
+
+    first = await socketkit.start_server(f"unix://{path}", echo)
+    try:
+        try:
+            second = await socketkit.start_server(f"unix://{path}", echo)
+        except ListenError as e:
+            assert "in use" in str(e)
+        else:
+            await second.aclose(drain=0)
+            raise AssertionError("a second server took over a live socket")
+        async with await socketkit.connect(f"unix://{path}") as c:  # the first still answers
+            await c.send(b"hi")
+            assert await c.receive(timeout=WAIT) == b"hi"
+    finally:
+        await first.aclose(drain=0)
+    # and a stale file (nobody listening) is still cleaned up
+    server = await socketkit.start_server(f"unix://{path}", echo)
+    await server.aclose(drain=0)
+
+
+async def test_tls_handshake_timeout_is_a_deadline_error():
+    """Used to: surfaced as PeerResetError on 3.11 (asyncio reports it as ConnectionAbortedError)."""
+    from socketkit.errors import DeadlineError
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # accepts at the kernel level, never speaks TLS
+    try:
+        start = time.monotonic()
+        try:
+            await socketkit.connect(f"tls://127.0.0.1:{silent.getsockname()[1]}?verify=false",
+                                    limits=Limits(handshake_timeout=0.3), timeout=WAIT)
+        except DeadlineError:
+            pass
+        else:
+            raise AssertionError("connected to a server that never answered the handshake")
+        assert time.monotonic() - start < WAIT / 2
+    finally:
+        silent.close()

@@ -101,6 +101,12 @@ def _fmt_addr(addr: Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _is_handshake_timeout(exc: BaseException) -> bool:
+    # asyncio (3.11) reports ssl_handshake_timeout as ConnectionAbortedError("SSL handshake is taking
+    # longer than N seconds: aborting the connection"); uvloop the same way.
+    return isinstance(exc, ConnectionAbortedError) and "handshake is taking longer" in str(exc)
+
+
 def _why(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)
@@ -190,6 +196,8 @@ async def _connect(ep: Endpoint, limits: Limits | None, ctx: ssl.SSLContext | No
         raise err from e
     except OSError as e:
         sock.close()
+        if _is_handshake_timeout(e):
+            raise DeadlineError("TLS handshake timed out", endpoint=ep) from e
         raise PeerResetError(f"connection lost during set-up ({_why(e)})", endpoint=ep) from e
     if ep.is_tls and ep.option("pin"):
         from socketkit.net import tls

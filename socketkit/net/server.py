@@ -277,7 +277,10 @@ class Server:
                 log.error("%s: stopped with errors: %s", self.name, group.exceptions)
         for ep in self._endpoints:
             if ep.is_unix and not ep.is_abstract and ep.path:
-                _remove_stale_socket(ep.path)
+                try:
+                    _remove_stale_socket(ep.path)
+                except ListenError:
+                    pass  # someone else listens there now: their file, not ours to remove
         self._servers.clear()
 
     async def __aenter__(self) -> Server:
@@ -299,11 +302,26 @@ def _is_disconnect(exc: BaseException) -> bool:
 
 
 def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a server that is gone; refuse if a live server still answers."""
     import stat
 
     try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return
+    except FileNotFoundError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(0.5)
+        probe.connect(path)
+    except OSError:
+        pass  # nobody listens: stale
+    else:
+        raise ListenError(f"{path} is in use by a running server", endpoint=f"unix://{path}")
+    finally:
+        probe.close()
+    try:
+        os.unlink(path)
     except FileNotFoundError:
         pass
 

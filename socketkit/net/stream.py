@@ -591,6 +591,10 @@ class Stream:
             raise DeadlineError("TLS handshake timed out", seconds=timeout, endpoint=self.endpoint) from e
         except OSError as e:
             self._transport.abort()
+            from socketkit.net.connect import _is_handshake_timeout
+
+            if _is_handshake_timeout(e):
+                raise DeadlineError("TLS handshake timed out", seconds=timeout, endpoint=self.endpoint) from e
             raise PeerResetError(f"connection lost during TLS handshake ({e})", endpoint=self.endpoint) from e
         if transport is None:
             raise PeerResetError("connection lost during TLS handshake", endpoint=self.endpoint)
