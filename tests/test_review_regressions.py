@@ -243,3 +243,37 @@ async def test_tls_handshake_timeout_is_a_deadline_error():
         assert time.monotonic() - start < WAIT / 2
     finally:
         silent.close()
+
+
+async def test_empty_lines_do_not_keep_a_web_connection_alive():
+    """Used to: a CRLF now and then between requests moved bytes, so the idle sweep never fired."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    web = await socketkit.web.start(app, ["tcp://127.0.0.1:0"], lifespan="off")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", web.server.endpoints[0].port)
+        writer.write(b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")  # one leading empty line is fine
+        async with asyncio.timeout(WAIT):
+            assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200 ")
+        closed = False
+        for _ in range(20):
+            writer.write(b"\r\n")
+            await writer.drain()
+            try:
+                if await asyncio.wait_for(reader.read(100), 0.1) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                pass
+            except ConnectionError:
+                closed = True
+                break
+        assert closed, "a connection fed only empty lines stayed open"
+        writer.close()
+    finally:
+        await web.aclose(drain=0)

@@ -34,6 +34,7 @@ access_log = logging.getLogger("socketkit.web.access")
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
 _EXTENSIONS = {"http.response.zerocopysend": {}}
 _DISCONNECT = {"type": "http.disconnect"}
+_MAX_BLANK_READS = 4
 
 
 class _Clock:
@@ -92,6 +93,7 @@ class HTTPHandler:
         events: list[Any] = []
         i = 0
         head_deadline: float | None = None  # when the head being received must be complete
+        blank = 0  # reads between requests that brought nothing but empty lines
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -109,6 +111,14 @@ class HTTPHandler:
                         data = await stream.receive()  # between requests: the idle timeout applies
                     events = conn.receive(data)
                     i = 0
+                    if not events and not conn.request_pending and data:
+                        # Only empty lines between requests (RFC 9112 2.2 lets us skip a few): bytes
+                        # that move without a request must not keep an idle connection alive forever.
+                        blank += 1
+                        if blank > _MAX_BLANK_READS:
+                            return
+                    else:
+                        blank = 0
                     continue
                 event = events[i]
                 i += 1
