@@ -472,7 +472,13 @@ class Stream:
 
     @property
     def write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() if self._transport else 0
+        transport = self._transport
+        if transport is None or self._lost:
+            return 0
+        try:
+            return transport.get_write_buffer_size()
+        except AttributeError:  # asyncio's closed TLS transport has no protocol left to ask
+            return 0
 
     async def send_eof(self) -> None:
         """Half-close: tell the peer we will send no more; we can still receive."""
@@ -611,10 +617,11 @@ class Stream:
         self._send_blocked = True
         transport = self._transport
         if transport is not None and not self._lost:
+            pending = self.write_buffer_size  # before close(): asyncio's TLS transport forgets it then
             transport.close()
             # A peer that never reads would keep the flush (and the socket) forever: give it
             # drain_timeout seconds, then reset.
-            if transport.get_write_buffer_size() > 0:
+            if pending > 0:
                 self._abort_handle = self._loop.call_later(self.limits.drain_timeout, self._abort_if_alive)
         self._wake_reader()
         self._wake_drain()
