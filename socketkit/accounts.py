@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import logging
 import os
+import random
 import re
 import secrets
 import sqlite3
@@ -238,7 +239,16 @@ class AccountStore:
     def _setup(self) -> None:
         c = self._conn
         c.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-        c.execute("PRAGMA journal_mode = WAL")
+        # Switching a fresh database to WAL needs an exclusive lock, and SQLite may answer "locked"
+        # at once (without its busy handler) while another process does the same: retry, bounded.
+        for attempt in range(100):
+            try:
+                c.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.02 + random.random() * 0.03)
         c.execute("PRAGMA secure_delete = ON")  # a deleted account's hash does not linger in free pages
         with self._transaction():
             for statement in _SCHEMA.split(";"):
