@@ -364,39 +364,14 @@ def _cmd_mail_send(args: argparse.Namespace) -> int:
 def _cmd_chat(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from socketkit.chat.server import DEFAULT_LISTEN, ChatConfig, ChatService
+    from socketkit.chat.server import DEFAULT_LISTEN, ChatConfig, run
     from socketkit.net.certs import data_dir
-    from socketkit.net.runner import run_server
 
+    limits = limits_from(args)
     config = ChatConfig(server_name=args.server_name, data_dir=Path(args.data) if args.data else data_dir() / "chat",
                         sasl=not args.no_sasl, backplane=args.backplane,
-                        net_limits=limits_from(args).replace(idle_timeout=None)
-                        if args.idle_timeout is None else limits_from(args))
-
-    async def setup():
-        service = ChatService(config)
-        await service.start(listen=[])
-        web = None
-        if args.web:
-            from socketkit.chat.web import ChatWebApp
-            from socketkit.web import WebServer
-            from socketkit.web.config import WebConfig
-
-            web = WebServer(WebConfig(app=ChatWebApp(service)))
-            server = await web.start(args.web)
-            for ep in server.endpoints:
-                print(f"chat page on {ep}", file=sys.stderr, flush=True)
-
-        async def cleanup():
-            if web is not None:
-                await web.aclose(drain=0.5)
-            await service.aclose()
-
-        # Chat connections never end by themselves: close them (with an ERROR line) before the drain.
-        return service.handle_stream, cleanup, service.aclose
-
-    return run_server(args.listen or list(DEFAULT_LISTEN), setup, user=args.user, limits=config.net_limits,
-                      loop=args.loop, name="chat", refuse_message=b"ERROR :Server is full\r\n")
+                        net_limits=limits.replace(idle_timeout=None) if args.idle_timeout is None else limits)
+    return run(config, args.listen or list(DEFAULT_LISTEN), web=args.web or (), user=args.user, loop=args.loop)
 
 
 def _cmd_cert_ca(args: argparse.Namespace) -> int:

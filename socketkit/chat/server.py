@@ -320,3 +320,37 @@ async def start(config: ChatConfig | None = None, listen: Sequence[str | Endpoin
     service = ChatService(config)
     await service.start(listen)
     return service
+
+
+def run(config: ChatConfig, listen: Sequence[str | Endpoint] = DEFAULT_LISTEN, *, web: Sequence[str] = (),
+        user: str | None = None, loop: str = "auto") -> int:
+    """Serve chat until SIGINT/SIGTERM, as `socketkit chat` does; `web` endpoints also serve the page."""
+    import sys
+
+    from socketkit.net.runner import run_server
+
+    async def setup():
+        service = ChatService(config)
+        await service.start(listen=[])
+        page = None
+        if web:
+            from socketkit.chat.web import ChatWebApp
+            from socketkit.web import WebServer
+            from socketkit.web.config import WebConfig
+
+            page = WebServer(WebConfig(app=ChatWebApp(service)))
+            server = await page.start(list(web))
+            for ep in server.endpoints:
+                sys.stderr.write(f"chat page on {ep}\n")
+                sys.stderr.flush()
+
+        async def cleanup() -> None:
+            if page is not None:
+                await page.aclose(drain=0.5)
+            await service.aclose()
+
+        # Chat connections never end by themselves: close them (with an ERROR line) before the drain.
+        return service.handle_stream, cleanup, service.aclose
+
+    return run_server(list(listen), setup, user=user, limits=config.net_limits, loop=loop, name="chat",
+                      refuse_message=b"ERROR :Server is full\r\n")
