@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import ssl
 import struct
@@ -493,75 +492,11 @@ class Stream:
         self._transport.write_eof()
 
     async def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
-        """Send `count` bytes of `file` from `offset`; zero-copy `sendfile(2)` on plain TCP/Unix sockets.
+        """Send `count` bytes of `file` from `offset`; zero-copy `sendfile(2)` on plain TCP/Unix sockets
+        (see socketkit.net.sendfile). Returns the bytes sent: fewer if the file shrank meanwhile."""
+        from socketkit.net.sendfile import send_file
 
-        asyncio's loop does it itself; uvloop has no loop.sendfile, so for plain sockets we call
-        os.sendfile on the socket while the transport has nothing queued (order is kept), and when the
-        socket is full hand one piece to the transport, which waits for writability for us. TLS copies.
-        """
-        if self._send_blocked:
-            raise self._send_failure()
-        if count is None:
-            count = os.fstat(file.fileno()).st_size - offset
-        if count <= 0:
-            return 0
-        if self._writing_paused:
-            await self._drain(None)
-        loop = self._loop
-        if not isinstance(loop, asyncio.BaseEventLoop) or self._is_tls:
-            return await self._sendfile_manual(file, offset, count, zero_copy=not self._is_tls)
-        try:
-            sent = await loop.sendfile(self._transport, file, offset, count, fallback=True)
-        except (ConnectionError, OSError) as e:
-            raise self._sendfile_error(e) from e
-        self.bytes_out += sent
-        return sent
-
-    def _sendfile_error(self, e: BaseException) -> SocketkitError:
-        if self._lost or self._closing:
-            return self._failure()
-        return PeerResetError(f"connection broke during sendfile ({e})", endpoint=self.endpoint)
-
-    async def _sendfile_manual(self, file: Any, offset: int, count: int, zero_copy: bool) -> int:
-        transport = self._transport
-        sock = transport.get_extra_info("socket")
-        fd_out = sock.fileno() if (zero_copy and sock is not None and hasattr(os, "sendfile")) else -1
-        fd_in = file.fileno()
-        total = 0
-        # While sending, "paused" means "anything queued at all": we may only sendfile behind an empty queue.
-        transport.set_write_buffer_limits(high=0, low=0)
-        try:
-            while count > 0:
-                if self._lost or self._closing:
-                    raise self._failure()
-                if transport.get_write_buffer_size() > 0:
-                    self._writing_paused = True
-                    await self._drain(None)
-                    continue
-                n = 0
-                if fd_out >= 0:
-                    try:
-                        n = os.sendfile(fd_out, fd_in, offset, min(count, 1 << 20))
-                    except BlockingIOError:
-                        n = 0
-                    except OSError as e:
-                        raise self._sendfile_error(e) from e
-                    if n == 0 and count > 0 and os.fstat(fd_in).st_size <= offset:
-                        break  # the file shrank under us: the caller sees a short count
-                if n == 0:
-                    chunk = os.pread(fd_in, min(count, 256 * 1024), offset)
-                    if not chunk:
-                        break
-                    transport.write(chunk)
-                    n = len(chunk)
-                offset += n
-                count -= n
-                total += n
-                self.bytes_out += n
-        finally:
-            if not self._lost:
-                transport.set_write_buffer_limits(high=self.limits.write_buffer)
-        return total
+        return await send_file(self, file, offset, count)
 
     # -- TLS upgrade ----------------------------------------------------------------------------
     async def start_tls(
