@@ -3,16 +3,17 @@
 The Maildir protocol (cr.yp.to/proto/maildir.html), made durable:
 
 1. write the message to `tmp/<unique>` (O_EXCL: never reuse a name), `fsync` the file;
-2. hard-link it to `new/<unique>` (falling back to rename where links are refused), unlink the tmp name;
+2. rename it to `new/<unique>` (atomic; names are unique, so nothing is ever replaced -- the original
+   Maildir text links and unlinks, which costs one more inode operation for the same guarantee here);
 3. `fsync` the `new/` directory, so the new name itself survives a power cut;
 
 and only then return. A file appears in `new/` only through step 2, which happens after its bytes are on
 disk: a crash at any moment leaves either nothing or the complete message in `new/`. The SMTP server
 answers 250 only after `deliver` returned, so every acknowledged message is in `new/`.
 
-Step 3 is a group commit: one `fsync` of `new/` makes durable every link made before it began, so
-concurrent deliveries share it. A delivery that has linked waits for the next `fsync` of `new/` that
-*starts* after its link (one runs at a time; the first waiter to find none running runs it for all), and
+Step 3 is a group commit: one `fsync` of `new/` makes durable every rename into it made before it began, so
+concurrent deliveries share it. A delivery that has renamed waits for the next `fsync` of `new/` that
+*starts* after its rename (one runs at a time; the first waiter to find none running runs it for all), and
 returns only when that one succeeded; when it fails, every delivery it was meant to cover fails too and
 takes its file out of `new/` again. Step 1 is grouped the same way on Linux >= 5.8: a delivery alone
 fsyncs its own file; several written files waiting together share one `syncfs` of the file system (it
@@ -230,6 +231,7 @@ class Maildir:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             except FileExistsError:
                 continue
+            moved = False
             try:
                 try:
                     view = memoryview(data)
@@ -242,14 +244,11 @@ class Maildir:
                 finally:
                     os.close(fd)
                 new = new_dir / name
-                try:
-                    os.link(tmp, new)
-                except FileExistsError:
-                    continue  # the finally below removes tmp; try another name
-                except OSError:
-                    # Some file systems refuse hard links; rename is as atomic (names are unique).
-                    os.rename(tmp, new)
-                tmp.unlink(missing_ok=True)  # before the shared fsync: it then makes the removal durable too
+                # rename, not link + unlink: as atomic (the name appears with the whole file behind
+                # it), one inode operation instead of two. Names are unique (time, pid, counter,
+                # random), so nothing in new/ can be replaced.
+                os.rename(tmp, new)
+                moved = True
                 try:
                     self._new_sync.sync(lambda: _fsync_dir(new_dir))
                 except BaseException:
@@ -257,7 +256,8 @@ class Maildir:
                     raise
                 return name
             finally:
-                tmp.unlink(missing_ok=True)
+                if not moved:
+                    tmp.unlink(missing_ok=True)
         raise OSError(f"could not find a free message name in {tmp_dir}")
 
     def deliver(self, data: bytes) -> str:
@@ -269,7 +269,7 @@ class Maildir:
     async def deliver_async(self, data: bytes, limiter: asyncio.Semaphore | None = None) -> str:
         """`deliver` in a worker thread (fsync never blocks the event loop); hooks run on the loop.
 
-        The whole write-fsync-link-fsync runs in one call on the delivery thread pool: one hop per message.
+        The whole write-fsync-rename-fsync runs in one call on the delivery thread pool: one hop per message.
         """
         loop = asyncio.get_running_loop()
         if limiter is None:

@@ -122,10 +122,10 @@ def test_falls_back_to_rename_where_links_are_refused(tmp_path: Path, monkeypatc
     assert box.get(mid) == b"renamed" and os.listdir(tmp_path / "tmp") == []
 
 
-def test_the_protocol_order_is_write_fsync_link_fsync_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_the_protocol_order_is_write_fsync_rename_fsync_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     box = Maildir(tmp_path)
     calls: list[str] = []
-    real_fsync, real_link = os.fsync, os.link
+    real_fsync, real_rename = os.fsync, os.rename
 
     def fsync_dir(path: Path) -> None:
         calls.append(f"fsync {Path(path).name}/")
@@ -136,10 +136,11 @@ def test_the_protocol_order_is_write_fsync_link_fsync_dir(tmp_path: Path, monkey
             os.close(fd)
 
     monkeypatch.setattr(maildir_module.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(maildir_module.os, "link", lambda a, b: (calls.append("link"), real_link(a, b))[1])
+    monkeypatch.setattr(maildir_module.os, "rename", lambda a, b: (calls.append("rename"), real_rename(a, b))[1])
     monkeypatch.setattr(maildir_module, "_fsync_dir", fsync_dir)
     box.deliver(b"x")
-    assert calls == ["fsync", "link", "fsync new/"]
+    assert calls == ["fsync", "rename", "fsync new/"]
+    assert not list((tmp_path / "tmp").iterdir())
 
 
 def test_tmp_cleanup_follows_the_36_hour_rule(tmp_path: Path):
