@@ -15,9 +15,10 @@ Step 3 is a group commit: one `fsync` of `new/` makes durable every rename into 
 concurrent deliveries share it. A delivery that has renamed waits for the next `fsync` of `new/` that
 *starts* after its rename (one runs at a time; the first waiter to find none running runs it for all), and
 returns only when that one succeeded; when it fails, every delivery it was meant to cover fails too and
-takes its file out of `new/` again. Step 1 is grouped the same way on Linux >= 5.8: a delivery alone
-fsyncs its own file; several written files waiting together share one `syncfs` of the file system (it
-also flushes other writers' data: cheaper per message under load, slower when alone, hence adaptive).
+takes its file out of `new/` again. Step 1 can be grouped the same way on Linux >= 5.8, opt-in with
+SOCKETKIT_MAIL_SYNCFS=1: a delivery alone fsyncs its own file; several written files waiting together
+share one `syncfs` of the file system (which also flushes other programs' data; it did not raise
+bench/mail.py's throughput here, hence off by default).
 
 `tmp/` is not fsynced: its entries are garbage by definition after a crash. Leftovers are removed by
 the Maildir rule (older than 36 hours) each time a `Maildir` is opened, which is safe while other
