@@ -496,3 +496,13 @@ def group_rss_kib(pgid: int) -> int | None:
                 total += int(line.split()[1])  # "VmRSS:   1234 kB"
                 break
     return total if found else None
+
+
+def version_of(dist: str) -> str:
+    """'name version' of an installed distribution, for the '#' context lines."""
+    import importlib.metadata
+
+    try:
+        return f"{dist} {importlib.metadata.version(dist)}"
+    except importlib.metadata.PackageNotFoundError:
+        return dist

@@ -52,6 +52,7 @@ from _common import (  # noqa: E402
     result_line,
     server_process,
     target_verdict,
+    version_of,
 )
 
 BENCH = "mail"
@@ -319,13 +320,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown := [n for n in args.names if n not in ALL]:
         p.error(f"unknown server {', '.join(unknown)}; choose from {', '.join(ALL)}")
     return args
-
-
-def version_of(dist: str) -> str:
-    try:
-        return f"{dist} {importlib.metadata.version(dist)}"
-    except importlib.metadata.PackageNotFoundError:
-        return dist
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,6 +50,7 @@ from _common import (  # noqa: E402
     ratio_line,
     split_cpus,
     target_verdict,
+    version_of,
 )
 
 OURS = "socketkit"
@@ -370,13 +371,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown := [n for n in args.names if n not in all_names]:
         p.error(f"unknown server {', '.join(unknown)}; choose from {', '.join(all_names)}")
     return args
-
-
-def version_of(dist: str) -> str:
-    try:
-        return f"{dist} {importlib.metadata.version(dist)}"
-    except importlib.metadata.PackageNotFoundError:
-        return dist
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import socket
 import sys
 
 import pytest
+from helpers import linux_only, needs_ipv6
 
 from socketkit.errors import ClosedError, DatagramTooLargeError, DeadlineError, LimitError, ListenError
 from socketkit.net.datagram import MAX_DATAGRAM_IPV4, MAX_DATAGRAM_IPV6, DatagramSocket, bind
@@ -21,19 +22,6 @@ WAIT = 5.0
 # so the check waits for the marker instead of sleeping.
 
 
-def _ipv6_loopback_works() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback_works(), reason="no IPv6 loopback (::1) on this host")
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux socket behaviour")
 
 
 async def test_ipv4_roundtrip_on_ephemeral_port():
