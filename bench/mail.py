@@ -346,9 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     workers = min(32, (os.cpu_count() or 1) + 4)
     note(
-        "durability: both servers fsync the message file and then the new/ directory before answering 250 "
-        f"(socketkit: link into new/, in its store's threads; aiosmtpd: rename into new/, in asyncio's "
-        f"default executor, {workers} threads here); one server process each, on uvloop"
+        "durability: both servers make the message file durable, rename it into new/ and fsync new/ before "
+        "answering 250 (socketkit: one committer thread stores whatever is queued as a batch, one syncfs "
+        "or fsync per file and one fsync of new/ per batch; aiosmtpd: fsync per file and per rename, in "
+        f"asyncio's default executor, {workers} threads here); one server process each, on uvloop"
     )
     note(f"peer: {version_of('aiosmtpd')}")
     if busy := load_warning():

@@ -2,7 +2,8 @@
 
 The Maildir protocol (cr.yp.to/proto/maildir.html), made durable:
 
-1. write the message to `tmp/<unique>` (O_EXCL: never reuse a name), `fsync` the file;
+1. write the message to `tmp/<unique>` (O_EXCL: never reuse a name) and make its data durable (`fsync`,
+   or one `syncfs` for a batch of files);
 2. rename it to `new/<unique>` (atomic; names are unique, so nothing is ever replaced -- the original
    Maildir text links and unlinks, which costs one more inode operation for the same guarantee here);
 3. `fsync` the `new/` directory, so the new name itself survives a power cut;
@@ -11,14 +12,8 @@ and only then return. A file appears in `new/` only through step 2, which happen
 disk: a crash at any moment leaves either nothing or the complete message in `new/`. The SMTP server
 answers 250 only after `deliver` returned, so every acknowledged message is in `new/`.
 
-Step 3 is a group commit: one `fsync` of `new/` makes durable every rename into it made before it began, so
-concurrent deliveries share it. A delivery that has renamed waits for the next `fsync` of `new/` that
-*starts* after its rename (one runs at a time; the first waiter to find none running runs it for all), and
-returns only when that one succeeded; when it fails, every delivery it was meant to cover fails too and
-takes its file out of `new/` again. Step 1 can be grouped the same way on Linux >= 5.8, opt-in with
-SOCKETKIT_MAIL_SYNCFS=1: a delivery alone fsyncs its own file; several written files waiting together
-share one `syncfs` of the file system (which also flushes other programs' data; it did not raise
-bench/mail.py's throughput here, hence off by default).
+Deliveries are grouped (socketkit.mail.commit): one thread runs these steps for every message queued at
+that moment, with one flush of the data and one `fsync` of each `new/` for the whole batch.
 
 `tmp/` is not fsynced: its entries are garbage by definition after a crash. Leftovers are removed by
 the Maildir rule (older than 36 hours) each time a `Maildir` is opened, which is safe while other
@@ -31,20 +26,18 @@ Message ids are the file names in `new/` (in `cur/`, the part before the ":2,fla
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import ctypes
-import functools
 import itertools
 import logging
 import os
 import secrets
 import socket
-import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from socketkit.mail import commit
+from socketkit.mail.commit import _fsync_dir
 
 log = logging.getLogger("socketkit.mail")
 
@@ -59,119 +52,29 @@ def _safe_hostname() -> str:
     return name.replace("/", r"\057").replace(":", r"\072")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_token: tuple[int, str] = (0, "")
 
 
-class _GroupSync:
-    """A durability barrier shared by concurrent threads (group commit).
-
-    `sync(alone)` returns once a flush that *began after the call* has succeeded: `flush_all()` covers
-    every change any thread made before it began; when the caller is the only thread waiting for that
-    flush, its own cheaper `alone()` is enough (it only has to cover the caller). Flushes run one at a
-    time; the first waiter that finds none running runs the next one for everybody waiting.
-
-    When the flush meant for a waiter fails, the waiter raises OSError, even if a later flush worked: a
-    later success would not prove the earlier changes reached the disk (after a write-back error Linux
-    may drop the dirty pages and report the error only once).
-    """
-
-    def __init__(self, flush_all: Callable[[], None], what: str) -> None:
-        self._flush_all = flush_all
-        self._what = what
-        self._cond = threading.Condition(threading.Lock())
-        self._started = 0  # flushes begun; one at a time, so they also end in this order
-        self._finished = 0  # sequence number of the last one that ended
-        self._failed = 0  # ... and of the last one that failed
-        self._error: BaseException | None = None
-        self._running = False
-        self._waiting: dict[int, int] = {}  # flush sequence number -> threads waiting for it
-
-    def sync(self, alone: Callable[[], None]) -> None:
-        cond = self._cond
-        with cond:
-            # A flush running now may have begun before the caller's change: only the next one covers it.
-            need = self._started + 1
-            self._waiting[need] = self._waiting.get(need, 0) + 1
-            while self._finished < need:
-                if self._running:
-                    cond.wait()
-                    continue
-                self._running = True
-                self._started = seq = self._started + 1
-                flush = alone if self._waiting.pop(seq, 0) <= 1 else self._flush_all
-                error: BaseException | None = None
-                cond.release()
-                try:
-                    flush()
-                except BaseException as exc:  # handed to every waiter of this flush, raised below
-                    error = exc
-                finally:
-                    cond.acquire()
-                    self._running = False
-                    self._finished = seq
-                    if error is not None:
-                        self._failed, self._error = seq, error
-                    cond.notify_all()
-            if self._failed >= need:  # conservative: the flush meant for us, or a later one, failed
-                error = self._error
-                if isinstance(error, OSError):
-                    raise OSError(error.errno, f"{error.strerror or error} ({self._what}, shared)") from error
-                raise OSError(f"{self._what} failed: {error!r}") from error
+def _process_token() -> str:
+    """8 random hex digits, drawn once per process (again after a fork)."""
+    global _token
+    pid = os.getpid()
+    if _token[0] != pid:
+        _token = (pid, secrets.token_hex(4))
+    return _token[1]
 
 
-def _syncfs_function() -> Callable[[int], None] | None:
-    """syncfs(2) where it reports write-back errors (Linux >= 5.8, which added the per-file-system
-    error sequence it checks); None elsewhere, and every file is then fsynced on its own.
-
-    Opt-in (SOCKETKIT_MAIL_SYNCFS=1): syncfs flushes the whole file system, so on a host where other
-    programs write a lot it can make deliveries wait for their data; on bench/mail.py here it did not
-    measurably help. The shared directory fsync is always on."""
-    if os.environ.get("SOCKETKIT_MAIL_SYNCFS") != "1" or not sys.platform.startswith("linux"):
-        return None
-    try:
-        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
-    except ValueError:
-        return None
-    if (major, minor) < (5, 8):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        func = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int]
-    func.restype = ctypes.c_int
-
-    def syncfs(fd: int) -> None:
-        if func(fd) != 0:  # ctypes drops the GIL around the call
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-
-    return syncfs
-
-
-_syncfs = _syncfs_function()
-
-
-_executor: concurrent.futures.ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-POOL_THREADS = 32  # shared by every store in the process; a store's own `concurrency` bounds its share
-
-
-def _delivery_executor() -> concurrent.futures.ThreadPoolExecutor:
-    # Not the loop's default executor: that one has min(32, cpus + 4) threads (6 on two cores), fewer than
-    # the deliveries that can usefully wait on the disk at once, and shared with everything else.
-    global _executor
-    if _executor is None:
-        with _executor_lock:
-            if _executor is None:
-                _executor = concurrent.futures.ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="maildir")
-    return _executor
+async def _submit(copies: list[tuple[Maildir, bytes]], limiter: asyncio.Semaphore | None) -> list[str]:
+    """Queue one delivery (its copies all or nothing) on the committer; the message ids, in order."""
+    loop = asyncio.get_running_loop()
+    if limiter is None:
+        job, fut = commit.settler(loop).job(copies)
+        commit.committer().submit(job)
+        return await fut
+    async with limiter:
+        job, fut = commit.settler(loop).job(copies)
+        commit.committer().submit(job)
+        return await fut
 
 
 def _check_id(message_id: str) -> str:
@@ -198,16 +101,7 @@ class Maildir:
             _fsync_dir(self.root)
             _fsync_dir(self.root.parent)
         self._host = _safe_hostname()
-        new_dir = self.root / "new"
-        self._new_sync = _GroupSync(lambda: _fsync_dir(new_dir), f"fsync of {new_dir}")
-        self._data_sync: _GroupSync | None = None
-        if _syncfs is not None:
-            # syncfs reports a write-back error to each descriptor that was open when it happened:
-            # this one is opened before any message is written, so no error can slip past it.
-            fs_fd = os.open(self.root / "tmp", os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
-            weakref.finalize(self, os.close, fs_fd)
-            syncfs = _syncfs
-            self._data_sync = _GroupSync(lambda: syncfs(fs_fd), f"syncfs of the file system of {self.root}")
+        self.device = os.stat(self.root / "tmp").st_dev  # which file system: one syncfs per device
         if clean_tmp:
             self.clean_tmp(TMP_MAX_AGE)
 
@@ -220,64 +114,41 @@ class Maildir:
         with _counter_lock:
             n = next(_counter)
         sec, usec = divmod(now // 1000, 1_000_000)
-        return f"{sec}.M{usec}P{os.getpid()}Q{n}R{secrets.token_hex(4)}.{self._host}"
+        # time, pid, a per-process counter and a per-process random part: unique across processes and
+        # hosts sharing the directory, without a system call per name.
+        return f"{sec}.M{usec}P{os.getpid()}Q{n}R{_process_token()}.{self._host}"
 
-    def _store(self, data: bytes) -> str:
-        """Steps 1-3 of the protocol; returns the id. Raises OSError with nothing left in new/."""
-        tmp_dir, new_dir = self.root / "tmp", self.root / "new"
+    def _write_tmp(self, data: bytes) -> tuple[str, int]:
+        """Step 1: a new file in tmp/ holding `data`; returns (name, open descriptor). OSError leaves
+        nothing behind."""
+        tmp_dir = self.root / "tmp"
         for _attempt in range(5):
             name = self._unique()
-            tmp = tmp_dir / name
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                fd = os.open(tmp_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             except FileExistsError:
                 continue
-            moved = False
             try:
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    if self._data_sync is None:
-                        os.fsync(fd)
-                    else:  # alone: fsync this file; with company: one syncfs for all of them
-                        self._data_sync.sync(functools.partial(os.fsync, fd))
-                finally:
-                    os.close(fd)
-                new = new_dir / name
-                # rename, not link + unlink: as atomic (the name appears with the whole file behind
-                # it), one inode operation instead of two. Names are unique (time, pid, counter,
-                # random), so nothing in new/ can be replaced.
-                os.rename(tmp, new)
-                moved = True
-                try:
-                    self._new_sync.sync(lambda: _fsync_dir(new_dir))
-                except BaseException:
-                    new.unlink(missing_ok=True)  # not known to be durable: do not claim it
-                    raise
-                return name
-            finally:
-                if not moved:
-                    tmp.unlink(missing_ok=True)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            except BaseException:
+                os.close(fd)
+                (tmp_dir / name).unlink(missing_ok=True)
+                raise
+            return name, fd
         raise OSError(f"could not find a free message name in {tmp_dir}")
 
     def deliver(self, data: bytes) -> str:
-        """Store `data` durably in new/ and return its id; OSError if it could not be stored."""
-        message_id = self._store(data)
+        """Store `data` durably in new/ and return its id; OSError if it could not be stored. Blocks
+        (any thread but an event loop's)."""
+        [message_id] = commit.deliver_sync([(self, data)])
         self._notify(message_id)
         return message_id
 
     async def deliver_async(self, data: bytes, limiter: asyncio.Semaphore | None = None) -> str:
-        """`deliver` in a worker thread (fsync never blocks the event loop); hooks run on the loop.
-
-        The whole write-fsync-rename-fsync runs in one call on the delivery thread pool: one hop per message.
-        """
-        loop = asyncio.get_running_loop()
-        if limiter is None:
-            message_id = await loop.run_in_executor(_delivery_executor(), self._store, data)
-        else:
-            async with limiter:
-                message_id = await loop.run_in_executor(_delivery_executor(), self._store, data)
+        """`deliver` for coroutines: the disk work runs on the committer thread, hooks on the loop."""
+        [message_id] = await _submit([(self, data)], limiter)
         self._notify(message_id)
         return message_id
 
@@ -381,9 +252,10 @@ def mailbox_name(address: str) -> str:
 
 class MailStore:
     """Where accepted mail goes: one Maildir per recipient under `root/<local@domain>/`, or everything in
-    the one Maildir at `root` (`catch_all`). Delivery runs in threads, at most `concurrency` at a time."""
+    the one Maildir at `root` (`catch_all`). At most `concurrency` deliveries are queued for the committer
+    thread at a time (socketkit.mail.commit); the others wait their turn on the event loop."""
 
-    def __init__(self, root: str | os.PathLike[str], *, catch_all: bool = False, concurrency: int = 16) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, catch_all: bool = False, concurrency: int = 64) -> None:
         self.root = Path(root)
         self.catch_all = catch_all
         self.concurrency = concurrency
@@ -421,18 +293,11 @@ class MailStore:
         Returns [(mailbox name, message id)]."""
         if self._limiter is None:
             self._limiter = asyncio.Semaphore(self.concurrency)
-        done: list[tuple[Maildir, str]] = []
-        try:
-            for address, data in copies:
-                box = self.mailbox(address)
-                done.append((box, await box.deliver_async(data, self._limiter)))
-        except BaseException:
-            for box, message_id in done:
-                try:
-                    box.delete(message_id)
-                except (KeyError, OSError):
-                    pass
-            raise
+        copies_ = [(self.mailbox(address), data) for address, data in copies]
+        ids = await _submit(copies_, self._limiter)
+        done = [(box, mid) for (box, _), mid in zip(copies_, ids, strict=True)]
+        for box, mid in done:
+            box._notify(mid)
         result = [(box.root.name if not self.catch_all else "", mid) for box, mid in done]
         for name, message_id in result:
             for hook in list(self.on_delivery):

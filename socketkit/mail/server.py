@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.utils
+import itertools
 import logging
 import os
 import secrets
@@ -177,6 +178,15 @@ def received_header(msg: Message, *, hostname: str, peer: str, queue_id: str, eh
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 
+_queue_ids = itertools.count(secrets.randbits(32))
+
+
+def _queue_id() -> str:
+    """A 12-hex-digit id for Received: and the logs: the process id and a counter that starts at random,
+    so ids from workers and restarts do not repeat in practice (no system call per message)."""
+    return f"{os.getpid() & 0xFFFF:04X}{next(_queue_ids) & 0xFFFFFFFF:08X}"
+
+
 def _peer_text(stream: Stream) -> str:
     peer = stream.peer
     if isinstance(peer, tuple) and peer:
@@ -271,7 +281,7 @@ class MailServer:
 
     async def store_message(self, msg: Message, peer: str, ehlo: bool) -> str:
         """Prepend Received: and deliver every copy durably; returns the queue id. OSError on failure."""
-        queue_id = secrets.token_hex(6).upper()
+        queue_id = _queue_id()
         rcpts = [self._postmaster(r) for r in msg.rcpt_tos]
         host = self.config.hostname
         if self.store.catch_all:

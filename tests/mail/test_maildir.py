@@ -1,4 +1,4 @@
-"""Maildir: the delivery protocol (tmp -> fsync -> link -> fsync dir), reading, clean-up, routing."""
+"""Maildir: the delivery protocol (tmp -> flush -> rename -> fsync dir, in batches), reading, clean-up, routing."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from socketkit.mail import commit as commit_module
 from socketkit.mail import maildir as maildir_module
 from socketkit.mail.maildir import Maildir, MailStore, mailbox_name
 
@@ -105,26 +106,13 @@ def test_failed_directory_fsync_does_not_claim_the_message(tmp_path: Path, monke
     def failing(path: Path) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(maildir_module, "_fsync_dir", failing)
+    monkeypatch.setattr(commit_module, "_fsync_dir", failing)
     with pytest.raises(OSError):
         box.deliver(b"data")
     assert os.listdir(tmp_path / "new") == [] and os.listdir(tmp_path / "tmp") == []
 
 
-def test_falls_back_to_rename_where_links_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    box = Maildir(tmp_path)
-
-    def no_links(src, dst):
-        raise PermissionError(1, "Operation not permitted")
-
-    monkeypatch.setattr(maildir_module.os, "link", no_links)
-    mid = box.deliver(b"renamed")
-    assert box.get(mid) == b"renamed" and os.listdir(tmp_path / "tmp") == []
-
-
-def test_the_protocol_order_is_write_fsync_rename_fsync_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    box = Maildir(tmp_path)
-    calls: list[str] = []
+def _recording(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> None:
     real_fsync, real_rename = os.fsync, os.rename
 
     def fsync_dir(path: Path) -> None:
@@ -137,10 +125,82 @@ def test_the_protocol_order_is_write_fsync_rename_fsync_dir(tmp_path: Path, monk
 
     monkeypatch.setattr(maildir_module.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
     monkeypatch.setattr(maildir_module.os, "rename", lambda a, b: (calls.append("rename"), real_rename(a, b))[1])
-    monkeypatch.setattr(maildir_module, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(commit_module, "_fsync_dir", fsync_dir)
+
+
+def test_the_protocol_order_is_write_fsync_rename_fsync_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    box = Maildir(tmp_path)
+    calls: list[str] = []
+    _recording(monkeypatch, calls)
     box.deliver(b"x")
     assert calls == ["fsync", "rename", "fsync new/"]
     assert not list((tmp_path / "tmp").iterdir())
+
+
+def _hold_committer(monkeypatch: pytest.MonkeyPatch, box: Maildir, queued: int) -> threading.Event:
+    """The first file written waits until `queued` more deliveries are queued behind it: they then
+    form the next batch together. The event returned is set once that first write has begun."""
+    real = Maildir._write_tmp
+    first = True
+    entered = threading.Event()
+
+    def gated(self: Maildir, data: bytes):
+        nonlocal first
+        if first:
+            first = False
+            entered.set()
+            deadline = time.monotonic() + 10
+            while commit_module.committer().pending < queued and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return real(self, data)
+
+    monkeypatch.setattr(Maildir, "_write_tmp", gated)
+    return entered
+
+
+def _deliver_in_threads(box: Maildir, payloads: list[bytes], entered: threading.Event) -> list[object]:
+    outcomes: list[object] = [None] * len(payloads)
+
+    def one(i: int) -> None:
+        try:
+            outcomes[i] = box.deliver(payloads[i])
+        except OSError as exc:
+            outcomes[i] = exc
+
+    first = threading.Thread(target=one, args=(0,))
+    first.start()
+    assert entered.wait(10)
+    others = [threading.Thread(target=one, args=(i,)) for i in range(1, len(payloads))]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join(timeout=20)
+    return outcomes
+
+
+def test_a_batch_writes_all_flushes_once_then_renames_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    box = Maildir(tmp_path)
+    calls: list[str] = []
+    _recording(monkeypatch, calls)
+    monkeypatch.setattr(commit_module, "_syncfs", lambda fd: calls.append("syncfs"))
+    entered = _hold_committer(monkeypatch, box, queued=5)
+    outcomes = _deliver_in_threads(box, [b"%d" % i for i in range(6)], entered)
+    assert all(isinstance(o, str) for o in outcomes)
+    # the first delivery alone (fsync), then the five that queued behind it, with one flush for all
+    assert calls == ["fsync", "rename", "fsync new/", "syncfs", *["rename"] * 5, "fsync new/"]
+    assert sorted(os.listdir(tmp_path / "new")) == sorted(outcomes)  # type: ignore[type-var]
+
+
+def test_without_syncfs_a_batch_fsyncs_each_file_but_the_directory_once(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch):
+    box = Maildir(tmp_path)
+    calls: list[str] = []
+    _recording(monkeypatch, calls)
+    monkeypatch.setattr(commit_module, "_syncfs", None)
+    entered = _hold_committer(monkeypatch, box, queued=3)
+    outcomes = _deliver_in_threads(box, [b"%d" % i for i in range(4)], entered)
+    assert all(isinstance(o, str) for o in outcomes)
+    assert calls == ["fsync", "rename", "fsync new/", *["fsync"] * 3, *["rename"] * 3, "fsync new/"]
 
 
 def test_tmp_cleanup_follows_the_36_hour_rule(tmp_path: Path):
@@ -177,35 +237,34 @@ async def test_store_routes_per_recipient_and_runs_hooks(tmp_path: Path):
 
 async def test_store_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     store = MailStore(tmp_path)
-    real = Maildir._store
+    real = Maildir._write_tmp
 
-    def fail_for_carol(self: Maildir, data: bytes) -> str:
+    def fail_for_carol(self: Maildir, data: bytes):
         if self.root.name.startswith("carol"):
             raise OSError(28, "No space left on device")
         return real(self, data)
 
-    monkeypatch.setattr(Maildir, "_store", fail_for_carol)
+    monkeypatch.setattr(Maildir, "_write_tmp", fail_for_carol)
     with pytest.raises(OSError):
         await store.deliver([("bob@example.org", b"1"), ("carol@example.org", b"2")])
     assert store.mailbox("bob@example.org").list() == []
+    assert os.listdir(tmp_path / "bob@example.org" / "tmp") == []
 
 
 async def test_store_catch_all_and_bounded_concurrency(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     store = MailStore(tmp_path, catch_all=True, concurrency=2)
-    running = peak = 0
-    real = Maildir._store
+    peak = 0
+    real = Maildir._write_tmp
 
-    def slow(self: Maildir, data: bytes) -> str:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        time.sleep(0.02)
-        running -= 1
+    def slow(self: Maildir, data: bytes):
+        nonlocal peak
+        peak = max(peak, commit_module.committer().pending)  # queued while this one is being written
+        time.sleep(0.01)
         return real(self, data)
 
-    monkeypatch.setattr(Maildir, "_store", slow)
+    monkeypatch.setattr(Maildir, "_write_tmp", slow)
     await asyncio.gather(*(store.deliver([(f"u{i}@x.test", b"%d" % i)]) for i in range(8)))
-    assert peak <= 2
+    assert peak <= 1  # at most 2 in flight: the one being written and one queued
     assert len(store.mailbox().list()) == 8 and list(store.mailboxes()) == [""]
     assert sorted(os.listdir(tmp_path)) == ["cur", "new", "tmp"]
 
@@ -213,7 +272,7 @@ async def test_store_catch_all_and_bounded_concurrency(tmp_path: Path, monkeypat
 def test_concurrent_deliveries_share_fsyncs_and_all_land(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     box = Maildir(tmp_path)
     dir_syncs = 0
-    real = maildir_module._fsync_dir
+    real = commit_module._fsync_dir
 
     def counting(path: Path) -> None:
         nonlocal dir_syncs
@@ -221,7 +280,7 @@ def test_concurrent_deliveries_share_fsyncs_and_all_land(tmp_path: Path, monkeyp
         time.sleep(0.002)  # a slow disk: later deliveries pile up behind this flush and share the next
         real(path)
 
-    monkeypatch.setattr(maildir_module, "_fsync_dir", counting)
+    monkeypatch.setattr(commit_module, "_fsync_dir", counting)
     payloads = [b"message %d\r\n" % i * (i + 1) for i in range(64)]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         ids = list(pool.map(box.deliver, payloads))
@@ -229,7 +288,7 @@ def test_concurrent_deliveries_share_fsyncs_and_all_land(tmp_path: Path, monkeyp
     for mid, data in zip(ids, payloads, strict=True):
         assert (tmp_path / "new" / mid).read_bytes() == data
     assert os.listdir(tmp_path / "tmp") == []
-    assert dir_syncs < 64  # group commit: one fsync of new/ covered several links
+    assert dir_syncs < 64  # group commit: one fsync of new/ covered several renames
 
 
 async def test_async_deliveries_in_flight_together_all_land(tmp_path: Path):
@@ -242,42 +301,31 @@ async def test_async_deliveries_in_flight_together_all_land(tmp_path: Path):
     assert len(os.listdir(tmp_path / "new")) == 40
 
 
+async def test_batches_are_bounded_in_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(commit_module, "MAX_BATCH_FILES", 4)
+    store = MailStore(tmp_path, catch_all=True)
+    before = commit_module.committer().batches
+    await asyncio.gather(*(store.deliver([("", b"%d" % i)]) for i in range(20)))
+    assert len(os.listdir(tmp_path / "new")) == 20
+    assert commit_module.committer().batches - before >= 5
+
+
 def test_a_failed_shared_fsync_fails_every_delivery_it_covered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     box = Maildir(tmp_path)
     waiting = 7
     calls = 0
-    real = maildir_module._fsync_dir
+    real = commit_module._fsync_dir
 
-    def gated(path: Path) -> None:
+    def second_fails(path: Path) -> None:
         nonlocal calls
         calls += 1
-        if calls == 1:  # hold the first flush until the others wait for the next, shared one
-            deadline = time.monotonic() + 10
-            while box._new_sync._waiting.get(2, 0) < waiting and time.monotonic() < deadline:
-                time.sleep(0.001)
-            return real(path)
         if calls == 2:
             raise OSError(5, "Input/output error")
         return real(path)
 
-    monkeypatch.setattr(maildir_module, "_fsync_dir", gated)
-    outcomes: list[object] = []
-
-    def one(i: int) -> None:
-        try:
-            outcomes.append(box.deliver(b"%d" % i))
-        except OSError as exc:
-            outcomes.append(exc)
-
-    first = threading.Thread(target=one, args=(0,))
-    first.start()
-    while calls == 0:
-        time.sleep(0.001)
-    others = [threading.Thread(target=one, args=(i,)) for i in range(1, waiting + 1)]
-    for t in others:
-        t.start()
-    for t in [first, *others]:
-        t.join(timeout=20)
+    monkeypatch.setattr(commit_module, "_fsync_dir", second_fails)
+    entered = _hold_committer(monkeypatch, box, queued=waiting)
+    outcomes = _deliver_in_threads(box, [b"%d" % i for i in range(waiting + 1)], entered)
     stored = [o for o in outcomes if isinstance(o, str)]
     failed = [o for o in outcomes if isinstance(o, OSError)]
     assert len(stored) == 1 and len(failed) == waiting and calls == 2
@@ -285,3 +333,35 @@ def test_a_failed_shared_fsync_fails_every_delivery_it_covered(tmp_path: Path, m
     assert os.listdir(tmp_path / "new") == stored  # no failed delivery left its file behind
     assert os.listdir(tmp_path / "tmp") == []
     assert box.deliver(b"after") in box  # the failure is not sticky
+
+
+def test_a_failed_syncfs_fails_the_batch_and_a_failed_write_only_its_own(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    box = Maildir(tmp_path)
+    syncfs_calls = 0
+
+    def syncfs(fd: int) -> None:
+        nonlocal syncfs_calls
+        syncfs_calls += 1
+        if syncfs_calls == 1:
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(commit_module, "_syncfs", syncfs)
+    entered = _hold_committer(monkeypatch, box, queued=4)
+    outcomes = _deliver_in_threads(box, [b"%d" % i for i in range(5)], entered)
+    assert isinstance(outcomes[0], str)  # alone: its own fsync
+    assert all(isinstance(o, OSError) and o.errno == 5 for o in outcomes[1:])
+    assert os.listdir(tmp_path / "new") == [outcomes[0]] and os.listdir(tmp_path / "tmp") == []
+
+    real = Maildir._write_tmp
+
+    def full_for_two(self: Maildir, data: bytes):
+        if data == b"2":
+            raise OSError(28, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Maildir, "_write_tmp", full_for_two)
+    entered = _hold_committer(monkeypatch, box, queued=3)
+    outcomes = _deliver_in_threads(box, [b"%d" % i for i in range(4)], entered)
+    assert [type(o) for o in outcomes] == [str, str, OSError, str]
+    assert sorted(box.get(o) for o in outcomes if isinstance(o, str)) == [b"0", b"1", b"3"]

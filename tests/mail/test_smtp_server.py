@@ -485,14 +485,14 @@ async def test_max_connections_refused_with_421(tmp_path: Path):
 
 
 async def test_a_storage_failure_is_451_and_nothing_is_half_stored(tmp_path: Path, monkeypatch):
-    real = Maildir._store
+    real = Maildir._write_tmp
 
-    def fail_for_carol(self: Maildir, data: bytes) -> str:
+    def fail_for_carol(self: Maildir, data: bytes):
         if self.root.name.startswith("carol"):
             raise OSError(28, "No space left on device")
         return real(self, data)
 
-    monkeypatch.setattr(Maildir, "_store", fail_for_carol)
+    monkeypatch.setattr(Maildir, "_write_tmp", fail_for_carol)
     async with mail_server(tmp_path) as mail:
         def client():
             with smtp(mail) as s:
