@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import types
 from collections.abc import Coroutine
 from typing import Any
@@ -34,13 +35,13 @@ class _Park:
 
     __slots__ = ()
 
-    def __await__(self):
-        # A tuple iterator rather than a generator: cheaper to make, and `send(None)` into it is `next()`.
-        return iter(_PARKED)
-
 
 PARK = _Park()
 _PARKED = (PARK,)
+# `await PARK` yields PARK once. __await__ is a partial, not a method: the interpreter calls a
+# non-descriptor class attribute without `self`, so awaiting runs no Python frame at all, and the tuple
+# iterator it returns is cheaper to make than a generator (`send(None)` into it is `next()`).
+_Park.__await__ = functools.partial(iter, _PARKED)  # type: ignore[attr-defined]
 _RESUME, _YIELDED, _DONE, _ERROR = range(4)
 
 

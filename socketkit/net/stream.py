@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import ssl
 import struct
@@ -623,9 +624,8 @@ class _Sent:
     """The awaitable `send` returns when nothing needs waiting for."""
 
     __slots__ = ()
-
-    def __await__(self):
-        return iter(())
+    # Done at once, and with no Python frame: see `_Park.__await__` in socketkit.net.driver.
+    __await__ = functools.partial(iter, ())
 
 
 _SENT = _Sent()
