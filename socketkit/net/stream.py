@@ -625,7 +625,7 @@ class _Sent:
 
     __slots__ = ()
     # Done at once, and with no Python frame: see `_Park.__await__` in socketkit.net.driver.
-    __await__ = functools.partial(iter, ())
+    __await__ = staticmethod(functools.partial(iter, ()))
 
 
 _SENT = _Sent()
