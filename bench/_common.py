@@ -267,6 +267,43 @@ def build_c(source: Path, *, flags: Sequence[str] = ("-O2",)) -> Path:
 # ---------------------------------------------------------------- results
 
 
+def run_options(p, names: Sequence[str], *, seconds: float, repeat: int, seconds_help: str,
+                seconds_type: type = float) -> None:
+    """The options every benchmark takes: --seconds, --repeat (interleaved runs, median), --only."""
+    p.add_argument("--seconds", type=seconds_type, default=seconds, help=seconds_help)
+    p.add_argument(
+        "--repeat", type=int, default=repeat, help="runs per server, interleaved; the median is reported"
+    )
+    p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(names)}")
+
+
+def summarize(bench: str, names: Sequence[str], runs: dict, skipped: dict[str, str], failed: dict[str, str],
+              unit: str, extra=None, describe=None) -> dict:
+    """Print each server's result line (median rate, errors summed over its runs, SKIPPED or FAILED);
+    returns {name: (rate, errors) or None when it failed}; skipped servers are left out. Each run must
+    have `.rate` and `.errors` (a Counter); `extra(name)` may add text after the rate."""
+    from collections import Counter
+
+    describe = describe or describe_counts
+    results: dict = {}
+    for name in names:
+        if name in skipped:
+            emit(f"{bench} {name}: SKIPPED: {skipped[name]}")
+            continue
+        if name in failed:
+            emit(f"{bench} {name}: FAILED: {failed[name]}")
+            results[name] = None
+            continue
+        rate = median([r.rate for r in runs[name]])
+        errors = sum((r.errors for r in runs[name]), Counter())
+        line = result_line(bench, name, rate, unit) + (extra(name) if extra else "")
+        if errors:
+            line += f" (errors: {describe(errors)})"
+        emit(line)
+        results[name] = (rate, errors)
+    return results
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 

@@ -49,6 +49,7 @@ from _common import (  # noqa: E402
     note,
     python_version,
     ratio_line,
+    run_options,
     server_process,
     target_verdict,
 )
@@ -392,11 +393,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--channels", type=int, default=10, help="channels; clients join them round robin (default 10)"
     )
     p.add_argument("--rate", type=float, default=1.0, help="PRIVMSG lines per second per client (default 1)")
-    p.add_argument("--seconds", type=float, default=20.0, help="sending window per run (default 20)")
-    p.add_argument(
-        "--repeat", type=int, default=1, help="runs per server, interleaved; the median is reported"
-    )
-    p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(ALL)}")
+    run_options(p, ALL, seconds=20.0, repeat=1, seconds_help="sending window per run (default 20)")
     p.add_argument("--procs", type=int, default=4, help="load generator processes (default 4)")
     p.add_argument("--drain", type=float, default=3.0, help="seconds to wait for late deliveries (default 3)")
     p.add_argument(

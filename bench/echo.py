@@ -35,11 +35,13 @@ from _common import (  # noqa: E402
     emit,
     free_port,
     install_signal_handlers,
+    load_warning,
     median,
     note,
     python_version,
     ratio_line,
     result_line,
+    run_options,
     server_process,
     split_cpus,
 )
@@ -315,29 +317,11 @@ def measure(name: str, client, args, cpus: tuple[set[int] | None, set[int] | Non
     return rate
 
 
-def busy_note() -> str:
-    """A warning when something else already keeps the cores busy: the numbers will be noisy."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return ""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if load < 0.5:
-        return ""
-    return f"warning: load average {load:.2f} on {cores} cores before starting; other work competes with the servers"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--seconds", type=float, default=5.0, help="measured seconds per server (after 1 s warm-up)"
-    )
+    run_options(p, ALL, seconds=5.0, repeat=1, seconds_help="measured seconds per server (after 1 s warm-up)")
     p.add_argument("--connections", type=int, default=50, help="concurrent connections")
     p.add_argument("--size", type=int, default=1024, help="bytes per message")
-    p.add_argument(
-        "--repeat", type=int, default=1, help="runs per server, interleaved; the median is reported"
-    )
-    p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(ALL)}")
     p.add_argument("--client", choices=("auto", "c", "python"), default="auto", help="load generator")
     p.add_argument(
         "--pin",
@@ -379,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     note(f"load generator: {client.label}")
     note("cpu: " + (f"server on {sorted(cpus[0])}, load on {sorted(cpus[1])}" if cpus[0] else "not pinned"))
-    busy = busy_note()
+    busy = load_warning()
     if busy:
         note(busy)
 

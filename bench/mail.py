@@ -45,12 +45,12 @@ from _common import (  # noqa: E402
     free_port,
     install_signal_handlers,
     load_warning,
-    median,
     note,
     python_version,
     ratio_line,
-    result_line,
+    run_options,
     server_process,
+    summarize,
     target_verdict,
     version_of,
 )
@@ -281,14 +281,9 @@ def measure(name: str, args: argparse.Namespace, tmp_root: Path) -> Run:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--seconds", type=float, default=10.0, help="measured seconds per run (after a 1 s warm-up)"
-    )
+    run_options(p, ALL, seconds=10.0, repeat=3, seconds_help="measured seconds per run (after a 1 s warm-up)")
     p.add_argument("--clients", type=int, default=20, help="concurrent SMTP sessions")
     p.add_argument("--size", type=int, default=10240, help="bytes per message, headers included")
-    p.add_argument(
-        "--repeat", type=int, default=3, help="runs per server, interleaved; the median is reported"
-    )
     p.add_argument(
         "--fresh-connections",
         action="store_true",
@@ -297,7 +292,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--client-procs", type=int, default=2, help="load generator processes (clients are shared out)"
     )
-    p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(ALL)}")
     p.add_argument(
         "--tmpdir",
         default=None,
@@ -372,22 +366,10 @@ def main(argv: list[str] | None = None) -> int:
                 except BenchError as exc:
                     failed[name] = str(exc)
 
-    results: dict[str, tuple[float, Counter[str]] | None] = {}
-    for name in args.names:
-        if name in skipped:
-            emit(f"{BENCH} {name}: SKIPPED: {skipped[name]}")
+    results = summarize(BENCH, args.names, runs, skipped, failed, "msgs/s")
+    for name in results:
+        if results[name] is None:
             continue
-        if name in failed:
-            emit(f"{BENCH} {name}: FAILED: {failed[name]}")
-            results[name] = None
-            continue
-        rate = median([r.rate for r in runs[name]])
-        errors = sum((r.errors for r in runs[name]), Counter())
-        line = result_line(BENCH, name, rate, "msgs/s")
-        if errors:
-            line += f" (errors: {describe_counts(errors)})"
-        emit(line)
-        results[name] = (rate, errors)
         flags = {r.pipelining for r in runs[name]}
         pipelined = (
             "advertises PIPELINING" if flags == {True} else "no PIPELINING: one command per round trip"

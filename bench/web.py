@@ -48,7 +48,9 @@ from _common import (  # noqa: E402
     note,
     python_version,
     ratio_line,
+    run_options,
     split_cpus,
+    summarize,
     target_verdict,
     version_of,
 )
@@ -304,25 +306,11 @@ def run_case(case: Case, names: list[str], ctx: Context, args: argparse.Namespac
             except BenchError as exc:
                 failed[server.name] = str(exc)
 
-    results: dict[str, tuple[float, Counter[str]] | None] = {}
-    for server in servers:
-        name = server.name
-        if name in skipped:
-            emit(f"{case.bench} {name}: SKIPPED: {skipped[name]}")
-            continue
-        if name in failed:
-            emit(f"{case.bench} {name}: FAILED: {failed[name]}")
-            results[name] = None
-            continue
-        rate = median([r.rate for r in runs[name]])
-        errors = sum((r.errors for r in runs[name]), Counter())
-        line = f"{case.bench} {name}: {fmt(rate)} req/s"
-        if case.throughput:
-            line += f", {fmt(median([r.mibps for r in runs[name]]))} MiB/s"
-        if errors:
-            line += f" (errors: {describe_errors(errors)})"
-        emit(line)
-        results[name] = (rate, errors)
+    def throughput(name: str) -> str:
+        return f", {fmt(median([r.mibps for r in runs[name]]))} MiB/s" if case.throughput else ""
+
+    results = summarize(case.bench, [s.name for s in servers], runs, skipped, failed, "req/s",
+                        extra=throughput, describe=describe_errors)
 
     if OURS in results:
         ours = results[OURS]
@@ -350,16 +338,13 @@ def ratio_text(case: Case, peer: str, ours, theirs) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     all_names = list(dict.fromkeys(s.name for c in CASES.values() for s in c.servers))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=int, default=10, help="measured seconds per run (after a 1 s warm-up)")
+    run_options(p, all_names, seconds=10, repeat=3, seconds_type=int,
+                seconds_help="measured seconds per run (after a 1 s warm-up)")
     p.add_argument("--connections", type=int, default=64, help="wrk's concurrent connections")
     p.add_argument("--threads", type=int, default=2, help="wrk's threads")
     p.add_argument("--pin", action="store_true",
                    help="server on the first CPU, wrk on the others (use with --threads 1 on 2 cores): "
                         "the server is measured without the load generator competing for its core")
-    p.add_argument(
-        "--repeat", type=int, default=3, help="runs per server, interleaved; the median is reported"
-    )
-    p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(all_names)}")
     p.add_argument("--case", choices=("all", *CASES), default="all", help="plaintext, static or both")
     p.add_argument("-v", "--verbose", action="store_true", help="per-run details: server CPU use")
     args = p.parse_args(argv)
