@@ -6,11 +6,13 @@ is its own journal commit and every thread hand-off is a GIL hand-off. Here a si
 takes whatever deliveries are queued (a *batch*) and runs the Maildir protocol for all of them at once:
 
 1. write each message to `tmp/<unique>` (O_EXCL);
-2. make the data durable: one `syncfs` of the file system when the batch holds several files (Linux
-   >= 5.8, where syncfs reports write-back errors; `SOCKETKIT_MAIL_SYNCFS=0` turns it off), else an
-   `fsync` per file;
-3. rename each file into `new/` (names are unique: nothing is ever replaced);
-4. `fsync` each `new/` directory the batch touched, once;
+2. make the data durable: one `syncfs` per file system when the batch holds several files there (Linux
+   >= 5.8, where syncfs reports write-back errors, and only on file systems known to flush everything
+   on syncfs: ext2/3/4, xfs, btrfs, tmpfs; `SOCKETKIT_MAIL_SYNCFS=0` turns it off), else an `fsync`
+   per file;
+3. rename each file into `new/` (names are unique: nothing is ever replaced), with a descriptor on
+   `new/` opened before the first rename into it;
+4. `fsync` each `new/` directory the batch touched, once, through that descriptor;
 
 and only then answers the deliveries, all the ones of a batch on the same event loop in one call. While
 a batch is on the disk the next one gathers in the queue, so the busier the server, the more messages
@@ -23,8 +25,15 @@ gets the OSError; other jobs of the batch are untouched unless the failure cover
 syncfs or directory fsync fails every job that relied on it). A later success never excuses an earlier
 failure: the error is given to every job the failed flush was meant to cover.
 
-The thread is started on first use, per process (a forked worker starts its own), and is a daemon: a
-process that exits mid-batch answered nobody in that batch, which is the promise.
+A delivery whose waiter is cancelled (the client went away, the server stops) may still be stored: it
+was never acknowledged, so at worst the sender retries and the mailbox gets the message twice, as SMTP
+accepts. Files taken back out of `new/` after a failure are unlinked and `new/` is fsynced again, best
+effort: if that fails too, a crash may bring such a copy back (a duplicate, never a torn message).
+
+The thread is started on first use, per process (a forked worker starts its own, with fresh locks), is
+restarted if it ever died, and is a daemon: a process that exits mid-batch answered nobody in that
+batch, which is the promise. It serves every file system of the process: a hung mount (NFS) stalls all
+deliveries, not only its own.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,12 +58,47 @@ log = logging.getLogger("socketkit.mail")
 MAX_BATCH_FILES = 128  # files written before one flush: bounds open descriptors and a batch's latency
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+def _open_dir(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync_dir(fd: int, path: Path) -> None:
+    """fsync a directory through a descriptor opened before the changes it must cover (a write-back
+    error is reported to descriptors open when it happened)."""
+    os.fsync(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = _open_dir(path)
     try:
-        os.fsync(fd)
+        _fsync_dir(fd, path)
     finally:
         os.close(fd)
+
+
+# statfs f_type names (from /proc/self/mountinfo) whose syncfs writes back and flushes every file:
+# FUSE may ignore syncfs, and overlayfs keeps write-back errors on the upper file system.
+SYNCFS_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs"})
+_fs_types: dict[int, str] = {}
+
+
+def _fs_type(dev: int) -> str:
+    """The file system type of device `dev` ("" if unknown), from /proc/self/mountinfo, cached."""
+    kind = _fs_types.get(dev)
+    if kind is None:
+        kind = ""
+        want = f"{os.major(dev)}:{os.minor(dev)}"
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[2] == want and " - " in line:
+                        kind = line.split(" - ", 1)[1].split()[0]
+                        break
+        except OSError:
+            pass
+        _fs_types[dev] = kind
+    return kind
 
 
 def _syncfs_function() -> Callable[[int], None] | None:
@@ -102,10 +147,12 @@ class Job:
         self.files: list[list[Any]] = []
         self.error: OSError | None = None
 
-    def fail(self, error: OSError) -> None:
-        """Take every file of this job back out (tmp/ or new/) and remember why."""
+    def fail(self, error: OSError) -> set[Path]:
+        """Take every file of this job back out (tmp/ or new/) and remember why; returns the new/
+        directories it took files out of (to be fsynced again, best effort: see the module docstring)."""
         if self.error is None:
             self.error = error
+        unpublished: set[Path] = set()
         for entry in self.files:
             box, name, fd, state = entry
             if fd is not None:
@@ -117,26 +164,38 @@ class Job:
             try:
                 os.unlink(box.root / state / name)
             except OSError:
-                pass
+                continue
+            if state == "new":
+                unpublished.add(box.root / "new")
         self.files.clear()
+        return unpublished
+
+
+def _shared(exc: OSError, what: str) -> Callable[[], OSError]:
+    """A maker of OSErrors for every job one failed flush covered (one exception object each)."""
+    return lambda: OSError(exc.errno, f"{exc.strerror or exc} ({what}, shared)")
 
 
 class Committer:
     """The delivery thread of this process; `submit` is thread-safe and never blocks on the disk."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._queue: collections.deque[Job] = collections.deque()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-        self._fs_fds: dict[int, int] = {}  # st_dev -> a descriptor on that file system, for syncfs
+        self._reset()
         self.batches = 0  # counters, for tests and curiosity
         self.flushes = 0
 
+    def _reset(self) -> None:
+        # Also the fork handler: a child has no committer thread, and a lock the parent's threads held
+        # at the fork would stay held forever.
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: collections.deque[Job] = collections.deque()
+        self._thread: threading.Thread | None = None
+
     def submit(self, job: Job) -> None:
         with self._cond:
-            if self._thread is None or self._pid != os.getpid():
-                self._start()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="maildir-commit", daemon=True)
+                self._thread.start()
             self._queue.append(job)
             self._cond.notify()
 
@@ -145,14 +204,6 @@ class Committer:
         """Jobs queued and not yet taken by a batch."""
         with self._cond:
             return len(self._queue)
-
-    def _start(self) -> None:
-        # (In a forked child the parent's thread does not exist: start afresh, forget its descriptors.)
-        self._pid = os.getpid()
-        self._queue = collections.deque()
-        self._fs_fds = {}
-        self._thread = threading.Thread(target=self._run, name="maildir-commit", daemon=True)
-        self._thread.start()
 
     def _take(self) -> list[Job]:
         with self._cond:
@@ -176,85 +227,109 @@ class Committer:
                 log.exception("maildir committer: batch failed")
                 error = exc if isinstance(exc, OSError) else OSError(f"delivery failed: {exc!r}")
                 for job in batch:
-                    job.fail(error)
+                    for new_dir in job.fail(error):
+                        try:
+                            fsync_dir(new_dir)
+                        except OSError:
+                            pass
             self._settle(batch)
 
     # -- the protocol, for a whole batch ------------------------------------------------------------
+    def _fail(self, job: Job, error: OSError) -> None:
+        self._unpublished |= job.fail(error)
+
     def _commit(self, batch: list[Job]) -> None:
         self.batches += 1
-        use_syncfs = _syncfs is not None and sum(len(job.copies) for job in batch) > 1
-        devices: dict[int, list[Job]] = {}
+        self._unpublished: set[Path] = set()
+        try:
+            self._commit_steps(batch)
+        finally:
+            for new_dir in self._unpublished:  # files were taken out of it again: make that stick
+                try:
+                    fsync_dir(new_dir)
+                except OSError:
+                    pass
+
+    def _commit_steps(self, batch: list[Job]) -> None:
         # 1. write every copy to tmp/
         for job in batch:
             for box, data in job.copies:
-                if use_syncfs:  # the descriptor must predate the writes for syncfs to see their errors
-                    self._fs_fd(box)
-                    devices.setdefault(box.device, []).append(job)
                 try:
                     name, fd = box._write_tmp(data)
                 except OSError as exc:
-                    job.fail(exc)
+                    self._fail(job, exc)
                     break
                 job.files.append([box, name, fd, "tmp"])
-        # 2. make the data durable
-        if use_syncfs:
-            for device, jobs in devices.items():
-                if all(job.error is not None for job in jobs):
+        # 2. make the data durable. Grouped by the device each file really is on (fstat of its own
+        # descriptor: a mailbox path may lead elsewhere than it did when the Maildir was opened).
+        devices: dict[int, list[tuple[Job, int]]] = {}
+        for job in batch:
+            for entry in job.files:
+                try:
+                    dev = os.fstat(entry[2]).st_dev
+                except OSError as exc:
+                    self._fail(job, exc)
+                    break
+                devices.setdefault(dev, []).append((job, entry[2]))
+        for dev, files in devices.items():
+            live = [(job, fd) for job, fd in files if job.error is None]
+            if len(live) > 1 and _syncfs is not None and _fs_type(dev) in SYNCFS_TYPES:
+                # The first file of the batch on this device was opened before any of the batch's
+                # writes there, so syncfs through it reports a write-back error of any of them.
+                self.flushes += 1
+                try:
+                    _syncfs(live[0][1])
+                except OSError as exc:
+                    error = _shared(exc, f"syncfs, {len({id(j) for j, _ in live})} deliveries")
+                    for job, _fd in live:
+                        self._fail(job, error())
+                continue
+            for job, fd in live:
+                if job.error is not None:
                     continue
                 self.flushes += 1
                 try:
-                    _syncfs(self._fs_fds[device])  # type: ignore[misc]
+                    os.fsync(fd)
                 except OSError as exc:
-                    shared = OSError(exc.errno, f"{exc.strerror or exc} (syncfs, shared by {len(jobs)} deliveries)")
-                    for job in jobs:
-                        job.fail(shared)
-        else:
-            for job in batch:
-                for entry in job.files:
-                    self.flushes += 1
-                    try:
-                        os.fsync(entry[2])
-                    except OSError as exc:
-                        job.fail(exc)
-                        break
+                    self._fail(job, exc)
         for job in batch:
             for entry in job.files:
                 fd, entry[2] = entry[2], None
                 try:
                     os.close(fd)
                 except OSError as exc:  # NFS and friends may report a write error only here
-                    job.fail(exc)
+                    self._fail(job, exc)
                     break
-        # 3. publish into new/
-        dirs: dict[Path, list[Job]] = {}
-        for job in batch:
-            if job.error is not None:
-                continue
-            for entry in job.files:
-                box, name = entry[0], entry[1]
+        # 3. publish into new/, each directory opened before the first rename into it
+        dirs: dict[Path, tuple[int, list[Job]]] = {}
+        try:
+            for job in batch:
+                if job.error is not None:
+                    continue
+                for entry in job.files:
+                    box, name = entry[0], entry[1]
+                    new_dir = box.root / "new"
+                    try:
+                        if new_dir not in dirs:
+                            dirs[new_dir] = (_open_dir(new_dir), [])
+                        os.rename(box.root / "tmp" / name, new_dir / name)
+                    except OSError as exc:
+                        self._fail(job, exc)
+                        break
+                    entry[3] = "new"
+                    dirs[new_dir][1].append(job)
+            # 4. make the new names durable, once per directory
+            for new_dir, (fd, jobs) in dirs.items():
+                self.flushes += 1
                 try:
-                    os.rename(box.root / "tmp" / name, box.root / "new" / name)
+                    _fsync_dir(fd, new_dir)
                 except OSError as exc:
-                    job.fail(exc)
-                    break
-                entry[3] = "new"
-                dirs.setdefault(box.root / "new", []).append(job)
-        # 4. make the new names durable, once per directory
-        for new_dir, jobs in dirs.items():
-            self.flushes += 1
-            try:
-                _fsync_dir(new_dir)
-            except OSError as exc:
-                shared = OSError(exc.errno, f"{exc.strerror or exc} (fsync of {new_dir}, shared)")
-                for job in jobs:
-                    job.fail(shared)
-
-    def _fs_fd(self, box: Maildir) -> int:
-        fd = self._fs_fds.get(box.device)
-        if fd is None:
-            fd = os.open(box.root / "tmp", os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
-            self._fs_fds[box.device] = fd
-        return fd
+                    error = _shared(exc, f"fsync of {new_dir}")
+                    for job in jobs:
+                        self._fail(job, error())
+        finally:
+            for fd, _jobs in dirs.values():
+                os.close(fd)
 
     @staticmethod
     def _settle(batch: list[Job]) -> None:
@@ -264,7 +339,7 @@ class Committer:
                     job.settle(None, job.error)
                 else:
                     job.settle([entry[1] for entry in job.files], None)
-            except Exception:  # noqa: BLE001 - one broken waiter must not starve the others
+            except BaseException:  # noqa: BLE001 - one broken waiter must not starve the others
                 log.exception("maildir committer: could not answer a delivery")
 
 
@@ -316,21 +391,21 @@ class LoopSettler:
                 fut.set_result(ids)  # type: ignore[arg-type]
 
 
-_settlers: dict[asyncio.AbstractEventLoop, LoopSettler] = {}
+_settlers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopSettler] = weakref.WeakKeyDictionary()
+_settlers_lock = threading.Lock()
 
 
 def settler(loop: asyncio.AbstractEventLoop) -> LoopSettler:
-    s = _settlers.get(loop)
-    if s is None:
-        if len(_settlers) > 64:  # loops of finished runs (tests): forget the closed ones
-            for old in [k for k in _settlers if k.is_closed()]:
-                del _settlers[old]
-        s = _settlers[loop] = LoopSettler(loop)
-    return s
+    with _settlers_lock:
+        s = _settlers.get(loop)
+        if s is None:
+            s = _settlers[loop] = LoopSettler(loop)
+        return s
 
 
-def deliver_sync(copies: list[tuple[Maildir, bytes]], timeout: float | None = None) -> list[str]:
-    """Store the copies through the committer and wait; for threads without an event loop."""
+def deliver_sync(copies: list[tuple[Maildir, bytes]]) -> list[str]:
+    """Store the copies through the committer and wait; for threads without an event loop. (No
+    timeout: the committer answers every job, and a job given up on could still be stored.)"""
     done = threading.Event()
     outcome: list[Any] = []
 
@@ -339,9 +414,19 @@ def deliver_sync(copies: list[tuple[Maildir, bytes]], timeout: float | None = No
         done.set()
 
     _committer.submit(Job(copies, settle))
-    if not done.wait(timeout):
-        raise OSError("delivery did not finish in time")
+    done.wait()
     ids, error = outcome[0]
     if error is not None:
         raise error
     return ids
+
+
+def _after_fork_in_child() -> None:
+    global _settlers_lock
+    _committer._reset()
+    _settlers_lock = threading.Lock()
+    _settlers.clear()  # the parent's loops, and their locks
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

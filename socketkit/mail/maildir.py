@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from socketkit.mail import commit
-from socketkit.mail.commit import _fsync_dir
+from socketkit.mail.commit import fsync_dir
 
 log = logging.getLogger("socketkit.mail")
 
@@ -53,6 +53,15 @@ def _safe_hostname() -> str:
 
 
 _token: tuple[int, str] = (0, "")
+
+
+def _after_fork_in_child() -> None:
+    global _counter_lock
+    _counter_lock = threading.Lock()  # a parent thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _process_token() -> str:
@@ -98,10 +107,9 @@ class Maildir:
             (self.root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         if created:
             # The directories themselves must survive a crash before a message is put in them.
-            _fsync_dir(self.root)
-            _fsync_dir(self.root.parent)
+            fsync_dir(self.root)
+            fsync_dir(self.root.parent)
         self._host = _safe_hostname()
-        self.device = os.stat(self.root / "tmp").st_dev  # which file system: one syncfs per device
         if clean_tmp:
             self.clean_tmp(TMP_MAX_AGE)
 

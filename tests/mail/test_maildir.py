@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import os
 import stat
+import sys
 import threading
 import time
 from pathlib import Path
@@ -103,7 +104,7 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
 def test_failed_directory_fsync_does_not_claim_the_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     box = Maildir(tmp_path)
 
-    def failing(path: Path) -> None:
+    def failing(fd: int, path: Path) -> None:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(commit_module, "_fsync_dir", failing)
@@ -115,13 +116,9 @@ def test_failed_directory_fsync_does_not_claim_the_message(tmp_path: Path, monke
 def _recording(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> None:
     real_fsync, real_rename = os.fsync, os.rename
 
-    def fsync_dir(path: Path) -> None:
+    def fsync_dir(fd: int, path: Path) -> None:
         calls.append(f"fsync {Path(path).name}/")
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            real_fsync(fd)
-        finally:
-            os.close(fd)
+        real_fsync(fd)
 
     monkeypatch.setattr(maildir_module.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
     monkeypatch.setattr(maildir_module.os, "rename", lambda a, b: (calls.append("rename"), real_rename(a, b))[1])
@@ -274,11 +271,11 @@ def test_concurrent_deliveries_share_fsyncs_and_all_land(tmp_path: Path, monkeyp
     dir_syncs = 0
     real = commit_module._fsync_dir
 
-    def counting(path: Path) -> None:
+    def counting(fd: int, path: Path) -> None:
         nonlocal dir_syncs
         dir_syncs += 1
         time.sleep(0.002)  # a slow disk: later deliveries pile up behind this flush and share the next
-        real(path)
+        real(fd, path)
 
     monkeypatch.setattr(commit_module, "_fsync_dir", counting)
     payloads = [b"message %d\r\n" % i * (i + 1) for i in range(64)]
@@ -316,19 +313,20 @@ def test_a_failed_shared_fsync_fails_every_delivery_it_covered(tmp_path: Path, m
     calls = 0
     real = commit_module._fsync_dir
 
-    def second_fails(path: Path) -> None:
+    def second_fails(fd: int, path: Path) -> None:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise OSError(5, "Input/output error")
-        return real(path)
+        return real(fd, path)
 
     monkeypatch.setattr(commit_module, "_fsync_dir", second_fails)
     entered = _hold_committer(monkeypatch, box, queued=waiting)
     outcomes = _deliver_in_threads(box, [b"%d" % i for i in range(waiting + 1)], entered)
     stored = [o for o in outcomes if isinstance(o, str)]
     failed = [o for o in outcomes if isinstance(o, OSError)]
-    assert len(stored) == 1 and len(failed) == waiting and calls == 2
+    assert len(stored) == 1 and len(failed) == waiting
+    assert calls == 3  # the first batch, the shared one that failed, and new/ again after the clean-up
     assert all(exc.errno == 5 for exc in failed)
     assert os.listdir(tmp_path / "new") == stored  # no failed delivery left its file behind
     assert os.listdir(tmp_path / "tmp") == []
@@ -365,3 +363,41 @@ def test_a_failed_syncfs_fails_the_batch_and_a_failed_write_only_its_own(tmp_pat
     outcomes = _deliver_in_threads(box, [b"%d" % i for i in range(4)], entered)
     assert [type(o) for o in outcomes] == [str, str, OSError, str]
     assert sorted(box.get(o) for o in outcomes if isinstance(o, str)) == [b"0", b"1", b"3"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/mountinfo")
+def test_syncfs_is_used_only_where_the_file_system_is_known_to_honour_it(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch):
+    kind = commit_module._fs_type(os.stat(tmp_path).st_dev)
+    assert kind  # found in /proc/self/mountinfo
+    box = Maildir(tmp_path)
+    calls: list[str] = []
+    _recording(monkeypatch, calls)
+    monkeypatch.setattr(commit_module, "_syncfs", lambda fd: calls.append("syncfs"))
+    monkeypatch.setattr(commit_module, "SYNCFS_TYPES", frozenset())  # as on FUSE or overlayfs
+    entered = _hold_committer(monkeypatch, box, queued=2)
+    outcomes = _deliver_in_threads(box, [b"a", b"b", b"c"], entered)
+    assert all(isinstance(o, str) for o in outcomes)
+    assert "syncfs" not in calls and calls.count("fsync") == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_delivers_with_its_own_committer(tmp_path: Path):
+    box = Maildir(tmp_path)
+    box.deliver(b"parent")  # the parent's committer thread is running now
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's thread does not exist here
+        code = 1
+        try:
+            code = 0 if box.get(box.deliver(b"child")) == b"child" else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        assert time.monotonic() < deadline, "the child's delivery hung"
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sorted(box.get(m) for m in box.list()) == [b"child", b"parent"]
