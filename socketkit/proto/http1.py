@@ -36,7 +36,7 @@ from socketkit.proto.http1_events import (
     Request,
 )
 from socketkit.proto.http1_fast import _HOST, try_simple
-from socketkit.proto.http1_writer import ResponseWriter, error_response
+from socketkit.proto.http1_writer import _DONE, _IDLE, ResponseWriter, error_response
 
 __all__ = [
     "ConnectionClosed", "Data", "EndOfMessage", "Error", "Event", "LocalProtocolError", "Request",
@@ -63,6 +63,15 @@ class _Reject(Exception):
 
 class ServerConnection(ResponseWriter):
     """One client connection, server side. Not thread-safe; one instance per connection."""
+
+    __slots__ = (
+        "max_header_size", "max_headers", "max_body", "max_target_size", "fast", "request_pending",
+        "_parser", "_sink", "_holding", "_held", "_backlog", "_eof", "_eof_pending", "_dead", "_stop",
+        "_blocked", "_draining", "_upgrade_wait", "_manual", "_in_fields", "_idle", "_fresh", "_fields_size",
+        "_in_body", "_keep", "_feed_size",
+        # per message, set by on_message_begin
+        "_url", "_headers", "_cl", "_chunked", "_hosts", "_expect", "_upgrade", "_body_size",
+    )
 
     def __init__(
         self,
@@ -91,6 +100,9 @@ class ServerConnection(ResponseWriter):
         self._upgrade_wait = False  # an upgrade request was parsed: raw bytes wait for the response
         self._manual = 0  # body bytes of an upgrade request still to be cut out of the raw stream
         self._in_fields = False
+        # True while part of a request head has arrived but not all of it (a slow client's deadline):
+        # a plain attribute, read once per request, kept equal to `_in_fields and not _in_body`.
+        self.request_pending = False
         self._idle = True  # llhttp is between messages: http1_fast may take the next one
         self.fast = True  # tests turn it off to compare both paths
         self._fresh = False
@@ -106,10 +118,6 @@ class ServerConnection(ResponseWriter):
         """True while the current request is complete but its response is not: stop reading."""
         return self._holding
 
-    @property
-    def request_pending(self) -> bool:
-        """True while part of a request head has arrived but not all of it (a slow client's deadline)."""
-        return self._in_fields and not self._in_body
 
     @property
     def eof(self) -> bool:
@@ -128,6 +136,13 @@ class ServerConnection(ResponseWriter):
                     self._backlog += data
                 return []
         self._sink = out = []
+        if data and self._idle and self.fast:
+            # _feed's fast path, written out here: the common request is one read, one call deep.
+            used = try_simple(self, data)
+            if used:
+                if used != len(data) and not self._stop:
+                    self._backlog += data[used:]
+                return out
         self._feed(data)
         return out
 
@@ -141,12 +156,15 @@ class ServerConnection(ResponseWriter):
         """
         self._next_cycle()
         self._upgrade_wait = False
-        self._block()
+        self._blocked = self._dead or self._eof or self._stop or bool(self._manual)  # _block()
         if not self._req_done:
             self._draining = True
             return []
         self._sink = out = []
         held = self._held
+        if not held and not self._backlog and not self._eof_pending:
+            self._holding = False  # nothing is waiting: the common keep-alive case
+            return out
         self._held = []
         self._holding = False
         for i, event in enumerate(held):
@@ -168,6 +186,22 @@ class ServerConnection(ResponseWriter):
             self._eof_pending = False
             self._feed(b"")
         return out
+
+    def next_request(self) -> list[Event] | None:
+        """`start_next()` if the connection may serve another request, None if it must close."""
+        if not self._keep_alive:
+            return None
+        if self._state == _DONE and self._req_done and not self._held and not self._backlog \
+                and not self._eof_pending:
+            # start_next() for its common case, nothing waiting (no pipelined request), written out
+            self._req = None
+            self._state = _IDLE
+            self._upgrade_wait = False
+            self._blocked = self._dead or self._eof or self._stop or bool(self._manual)
+            self._holding = False
+            self._sink = out = []
+            return out
+        return self.start_next()
 
     @property
     def trailing_data(self) -> bytes:
@@ -266,13 +300,27 @@ class ServerConnection(ResponseWriter):
 
     def _fast_request(self, request: Request) -> None:
         """A whole body-less request parsed by http1_fast: the same state changes as the callbacks."""
-        self._keep = request.keep_alive
-        self._sink.append(request)
-        if not self._holding:
-            self._set_current(request)
-        if not self._keep:
+        # _set_current() and _message_done() written out: this runs once per request.
+        self._keep = keep = request.keep_alive
+        sink = self._sink
+        sink.append(request)
+        holding = self._holding
+        if not holding:
+            self._req = request
+            self._req_done = False
+            self._keep_alive = keep
+            self._state = _IDLE
+            self._continue_sent = False
+        if not keep:
             self._stop = self._blocked = True
-        self._message_done()
+        if self._draining:
+            self._draining = False
+            return
+        sink.append(END)
+        if not holding:
+            self._req_done = True
+            self._holding = True
+            self._sink = self._held
 
     def on_message_begin(self) -> None:
         self._idle = False
@@ -285,6 +333,7 @@ class ServerConnection(ResponseWriter):
         self._upgrade = None
         self._in_body = False
         self._in_fields = True
+        self.request_pending = True
         self._fresh = True
         self._fields_size = 0
         self._body_size = 0
@@ -340,6 +389,7 @@ class ServerConnection(ResponseWriter):
     def on_headers_complete(self) -> None:
         self._in_fields = False
         self._in_body = True
+        self.request_pending = False
         headers = self._headers
         if self._fresh and self._feed_size > self.max_header_size:
             if sum([len(n) + len(v) + 3 for n, v in headers]) > self.max_header_size:
@@ -417,6 +467,7 @@ class ServerConnection(ResponseWriter):
         self._idle = True
         self._in_fields = False
         self._in_body = False
+        self.request_pending = False
         if not self._keep:
             self._stop = self._blocked = True  # llhttp's own answer is reset by now
         if not self._manual:

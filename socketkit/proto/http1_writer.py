@@ -68,11 +68,15 @@ def error_response(status: int, reason: str, headers: list[tuple[bytes, bytes]] 
     return b"".join(parts)
 
 
-_FIELDS: dict[tuple[int, tuple[object, ...]], tuple[bytes, bytes | None, bytes | None, bool]] = {}
+_Fields = tuple[bytes, bytes | None, bytes | None, bool, bytes | None, int]
+_FIELDS: dict[tuple[int, tuple[object, ...]], _Fields] = {}
 
 
-def _fields(status: int, headers) -> tuple[bytes, bytes | None, bytes | None, bool]:
-    """Status line + the app's header lines, checked; framing headers taken out for `_head` to decide."""
+def _fields(status: int, headers) -> _Fields:
+    """Status line + the app's header lines, checked; framing headers taken out for `_head` to decide.
+
+    Returns (status line + lines, Content-Length value, Transfer-Encoding value, Connection: close
+    asked, the Content-Length line, its number)."""
     parts = [_status_line(status)]
     append = parts.append
     cl = te = None
@@ -93,11 +97,18 @@ def _fields(status: int, headers) -> tuple[bytes, bytes | None, bytes | None, bo
                 close = True
             continue
         append(b"%s: %s\r\n" % (name, value))
-    return b"".join(parts), cl, te, close
+    if cl is not None:  # its line and number, formatted and parsed once with the rest
+        return b"".join(parts), cl, te, close, b"content-length: %s\r\n" % cl, int(cl)
+    return b"".join(parts), cl, te, close, None, 0
 
 
 class ResponseWriter:
     """Writer state for the request being answered; `ServerConnection` supplies `_set_current`."""
+
+    # Slots: a connection touches these a few dozen times per request, and with ServerConnection's own
+    # they are more than CPython shares dict keys for (30), so without slots each one is a dict lookup.
+    __slots__ = ("_req", "_req_done", "_keep_alive", "_state", "_mode", "_remaining", "_continue_sent",
+                 "_switched")
 
     def __init__(self) -> None:
         self._req: Request | None = None
@@ -157,7 +168,21 @@ class ResponseWriter:
     def response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"",
                  extra: bytes = b"") -> bytes:
         """A whole response in one piece; Content-Length is added when the application gave none."""
-        return self._head(status, headers, len(body), extra) + self.body(body) + self.end()
+        head = self._head(status, headers, len(body), extra)
+        if self._mode != _LENGTH:
+            return head + self.body(body) + self.end()
+        # The common case, `body()` and `end()` written out: one response per request goes through here.
+        remaining = self._remaining
+        n = len(body)
+        if n > remaining:
+            raise LocalProtocolError(f"body longer than Content-Length (by {n - remaining})")
+        self._state = _DONE
+        if n < remaining:
+            self._remaining = remaining - n
+            self._keep_alive = False  # the client will wait for bytes that never come: close instead
+        else:
+            self._remaining = 0
+        return head + body if body else head
 
     def _head(self, status: int, headers, body_length: int | None, extra: bytes = b"") -> bytes:
         req = self._req
@@ -180,9 +205,8 @@ class ResponseWriter:
                 if len(_FIELDS) >= 512:
                     _FIELDS.clear()
                 _FIELDS[key] = fields
-        prefix, cl, te, close = fields
-        parts = [prefix, extra]
-        append = parts.append
+        prefix, cl, te, close, cl_line, cl_int = fields
+        frame = b""
         keep = self._keep_alive and not close
         self._remaining = 0
         if status == 204:
@@ -190,38 +214,40 @@ class ResponseWriter:
         elif status == 304 or req.method == b"HEAD":
             mode = _NONE  # framing headers describe the representation that was not sent
             if cl is not None:
-                append(b"content-length: %s\r\n" % cl)
+                frame = cl_line
             elif te is not None:
-                append(b"transfer-encoding: %s\r\n" % te)
-        elif cl is not None or (body_length is not None and te is None):
+                frame = b"transfer-encoding: %s\r\n" % te
+        elif cl is not None:
             mode = _LENGTH
-            if cl is None:
-                cl = b"%d" % body_length
-            self._remaining = int(cl)
-            append(b"content-length: %s\r\n" % cl)
+            self._remaining = cl_int
+            frame = cl_line
+        elif body_length is not None and te is None:
+            mode = _LENGTH
+            self._remaining = body_length
+            frame = b"content-length: %d\r\n" % body_length
         elif te is not None:
-            append(b"transfer-encoding: %s\r\n" % te)
+            frame = b"transfer-encoding: %s\r\n" % te
             if te.lower().rsplit(b",", 1)[-1].strip() == b"chunked":
                 mode = _CHUNKED
             else:
                 mode, keep = _CLOSE, False
         elif req.http_version == "1.1":
             mode = _CHUNKED
-            append(b"transfer-encoding: chunked\r\n")
+            frame = b"transfer-encoding: chunked\r\n"
         else:
             mode, keep = _CLOSE, False
         if req.expect_continue and not self._continue_sent and not self._req_done:
             keep = False
         if not keep:
-            append(b"connection: close\r\n\r\n")
+            end = b"connection: close\r\n\r\n"
         elif req.http_version == "1.0":
-            append(b"connection: keep-alive\r\n\r\n")
+            end = b"connection: keep-alive\r\n\r\n"
         else:
-            append(b"\r\n")
+            end = b"\r\n"
         self._keep_alive = keep
         self._mode = mode
         self._state = _SENDING
-        return b"".join(parts)
+        return b"".join((prefix, extra, frame, end))
 
     def _informational(self, status: int, headers) -> bytes:
         req = self._req

@@ -42,18 +42,27 @@ class _Clock:
 
     def __init__(self) -> None:
         self.second = -1
+        self.since = self.until = 0.0  # `lines` hold for since <= time.time() < until
         self.lines = self.lines_no_server = b""
 
     def extra(self, server_header: bool) -> bytes:
-        now = int(time.time())
-        if now != self.second:
-            self.second = now
-            date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
-            self.lines_no_server = b"date: " + date + b"\r\n"
-            self.lines = self.lines_no_server + b"server: socketkit\r\n"
+        if not self.since <= _time() < self.until:  # (the clock may also step back)
+            self.tick()
         return self.lines if server_header else self.lines_no_server
 
+    def tick(self) -> None:
+        now = _time()
+        second = int(now)
+        self.since = float(second)
+        self.until = second + 1.0
+        if second != self.second:
+            self.second = second
+            date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(second)).encode()
+            self.lines_no_server = b"date: " + date + b"\r\n"
+            self.lines = self.lines_no_server + b"server: socketkit\r\n"
 
+
+_time = time.time
 _clock = _Clock()
 
 
@@ -77,24 +86,28 @@ class HTTPHandler:
                                  max_body=limits.max_body)
         self.request_timeout = limits.request_timeout
         self.server_header = config.server_header
+        self.access_log = config.access_log
+        self.proxy_headers = config.proxy_headers
 
     async def __call__(self, stream: Stream) -> None:
         conn = ServerConnection(**self.conn_options)
-        tls = stream.extra("ssl_object") is not None
-        base = {
-            "type": "http",
-            "asgi": _ASGI,
-            "scheme": "https" if tls else "http",
-            "server": _addr(stream.local),
-            "client": _addr(stream.peer),
-            "root_path": self.root_path,
-            "extensions": _EXTENSIONS,
-        }
+        # Per connection, not per request: what every scope on it shares.
+        scheme = "https" if stream.extra("ssl_object") is not None else "http"
+        server = _addr(stream.local)
+        client = _addr(stream.peer)
+        root = self.root_path
+        root_bytes = self.root_path_bytes
+        state = self.state
+        proxy_headers = self.proxy_headers
+        app = self.app
         events: list[Any] = []
         i = 0
         head_deadline: float | None = None  # when the head being received must be complete
         blank = 0  # reads between requests that brought nothing but empty lines
         loop = asyncio.get_running_loop()
+        # What `send` returns when nothing needs waiting for: awaiting a done future runs no Python code.
+        ready = loop.create_future()
+        ready.set_result(None)
         try:
             while True:
                 if i >= len(events):
@@ -124,26 +137,51 @@ class HTTPHandler:
                 i += 1
                 kind = type(event)
                 if kind is Request:
-                    cycle = Cycle(self, stream, conn, event, base, events, i)
-                    if event.upgrade == b"websocket":
+                    if event.upgrade is not None and event.upgrade == b"websocket":
                         from socketkit.web.websocket import serve_websocket
 
+                        base = {"type": "http", "asgi": _ASGI, "scheme": scheme, "server": server,
+                                "client": client, "root_path": root, "extensions": _EXTENSIONS}
                         await serve_websocket(self, stream, conn, event, base)
                         return
+                    # The scope as one literal (built presized, no copy of a base dict to grow).
+                    scope = {
+                        "type": "http",
+                        "asgi": _ASGI,
+                        "http_version": event.http_version,
+                        "scheme": scheme,
+                        "method": event.method.decode("ascii"),
+                        "path": root + event.path if root else event.path,
+                        "raw_path": root_bytes + event.raw_path if root else event.raw_path,
+                        "query_string": event.query,
+                        "root_path": root,
+                        "headers": event.headers,
+                        "server": server,
+                        "client": client,
+                        "extensions": _EXTENSIONS,
+                    }
+                    if state is not None:
+                        scope["state"] = state.copy()
+                    if proxy_headers:
+                        apply_proxy_headers(scope, self.config)
+                    cycle = Cycle(self, stream, conn, event, scope, events, i, ready)
                     # The app runs right here, not in a coroutine of Cycle's: one frame less on the
                     # path every inline resumption walks.
                     try:
-                        await self.app(cycle.scope, cycle.receive, cycle.send)
+                        await app(scope, cycle.receive, cycle.send)
                     except Exception as exc:  # noqa: BLE001 - the app's failure, reported by the cycle
                         cycle.failed(exc)
                     else:
                         if not cycle.complete:
                             cycle.incomplete()
                     finally:
-                        cycle.ended()
-                    if not conn.keep_alive or stream.closed:
+                        if cycle.response_done is not None:
+                            cycle.ended()
+                    if stream.closed:
                         return
-                    events = conn.start_next()
+                    events = conn.next_request()
+                    if events is None:
+                        return
                     i = 0
                 elif kind is Error:
                     await stream.send(error_response(event.status, event.reason))
@@ -173,16 +211,19 @@ class Cycle:
     """One request and its response: the ASGI `receive` and `send` callables live here."""
 
     __slots__ = ("handler", "stream", "conn", "request", "scope", "events", "index", "body_done",
-                 "started", "head_sent", "complete", "status", "headers", "disconnected", "response_done")
+                 "started", "head_sent", "complete", "status", "headers", "disconnected", "response_done",
+                 "ready")
 
     def __init__(self, handler: HTTPHandler, stream: Stream, conn: ServerConnection, request: Request,
-                 base: dict[str, Any], events: list[Any], index: int) -> None:
+                 scope: dict[str, Any], events: list[Any], index: int, ready: Awaitable[None]) -> None:
         self.handler = handler
         self.stream = stream
         self.conn = conn
         self.request = request
+        self.scope = scope
         self.events = events
         self.index = index
+        self.ready = ready
         self.body_done = False
         self.started = False
         self.head_sent = False
@@ -191,19 +232,6 @@ class Cycle:
         self.status = 0
         self.headers: Any = ()
         self.response_done: asyncio.Future[None] | None = None
-        scope = dict(base)
-        root = handler.root_path
-        scope["http_version"] = request.http_version
-        scope["method"] = request.method.decode("ascii")
-        scope["path"] = root + request.path if root else request.path
-        scope["raw_path"] = handler.root_path_bytes + request.raw_path if root else request.raw_path
-        scope["query_string"] = request.query
-        scope["headers"] = request.headers
-        if handler.state is not None:
-            scope["state"] = dict(handler.state)
-        if handler.config.proxy_headers:
-            apply_proxy_headers(scope, handler.config)
-        self.scope = scope
 
     def failed(self, exc: Exception) -> None:
         if isinstance(exc, (PeerResetError, ClosedError, ConnectionError)):
@@ -330,7 +358,10 @@ class Cycle:
             more = message.get("more_body", False)
             conn = self.conn
             if not self.head_sent:
-                extra = _clock.extra(self.handler.server_header)
+                clock = _clock  # _clock.extra(), written out: once per response
+                if not clock.since <= _time() < clock.until:
+                    clock.tick()
+                extra = clock.lines if self.handler.server_header else clock.lines_no_server
                 if more:
                     data = conn.response_head(self.status, self.headers, extra) + conn.body(body)
                 else:
@@ -341,17 +372,22 @@ class Cycle:
             else:
                 data = conn.body(body) + conn.end()
             if not more:
-                self._completed()
+                self.complete = True  # _completed(), written out: once per response
+                if self.response_done is not None and not self.response_done.done():
+                    self.response_done.set_result(None)
+                if self.handler.access_log:
+                    self._log_access()
             if data and not (self.disconnected and self.stream.closed):
-                return self.stream.send(data)
-            return _SENT
+                sent = self.stream.send(data)
+                return self.ready if sent is _SENT else sent
+            return self.ready
         if kind == "http.response.start":
             if self.started:
                 raise RuntimeError("ASGI: http.response.start sent twice")
             self.started = True
             self.status = message["status"]
             self.headers = message.get("headers") or ()
-            return _SENT
+            return self.ready
         if kind == "http.response.zerocopysend":
             return self._zerocopy(message)
         raise RuntimeError(f"ASGI: unexpected message type {kind!r} on an http connection")
@@ -360,7 +396,7 @@ class Cycle:
         self.complete = True
         if self.response_done is not None and not self.response_done.done():
             self.response_done.set_result(None)
-        if self.handler.config.access_log:
+        if self.handler.access_log:
             self._log_access()
 
     async def _zerocopy(self, message: dict[str, Any]) -> None:
