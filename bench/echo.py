@@ -77,6 +77,59 @@ def serve_uvloop_protocol(port: int) -> None:
     uvloop.run(main())
 
 
+def serve_coroutine_floor(port: int) -> None:
+    """Not a server anyone would run: the least a coroutine-per-connection design can do, as a bound.
+
+    data_received stores the bytes and resumes the connection's handler coroutine directly, inside its
+    task's context (as socketkit's inline driver does), and the handler writes them back. No buffer, no
+    flow control, no deadlines, no EOF or error handling, no async iterator: whatever a Stream does per
+    message comes on top of this, so this rate is a ceiling for any Stream echo."""
+    import asyncio
+    import contextvars
+    import functools
+    from asyncio.tasks import _enter_task, _leave_task
+
+    import uvloop
+
+    class _Wait:
+        __slots__ = ()
+
+    _Wait.__await__ = staticmethod(functools.partial(iter, (None,)))  # type: ignore[attr-defined]
+    wait = _Wait()
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.loop = asyncio.get_running_loop()
+            self.task = self.loop.create_task(asyncio.sleep(3600))  # the task the handler "runs in"
+            self.data = b""
+            self.coro = self.handler(transport)
+            self.coro.send(None)
+            self.run = contextvars.copy_context().run
+
+        async def handler(self, transport) -> None:
+            while True:
+                await wait
+                transport.write(self.data)
+
+        def data_received(self, data: bytes) -> None:
+            self.data = data
+            _enter_task(self.loop, self.task)
+            try:
+                self.run(self.coro.send, None)
+            finally:
+                _leave_task(self.loop, self.task)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.coro.close()
+            self.task.cancel()
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Echo, HOST, port)
+        await server.serve_forever()
+
+    uvloop.run(main())
+
+
 def _streams_main(port: int):
     import asyncio
 
@@ -138,6 +191,7 @@ def serve_twisted(port: int) -> None:
 
 PEERS: dict[str, tuple[tuple[str, ...], Callable[[int], None]]] = {
     "uvloop-protocol": (("uvloop",), serve_uvloop_protocol),
+    "coroutine-floor": (("uvloop",), serve_coroutine_floor),
     "asyncio-streams-uvloop": (("uvloop",), serve_asyncio_streams_uvloop),
     "asyncio-streams": ((), serve_asyncio_streams),
     "trio": (("trio",), serve_trio),
