@@ -9,7 +9,10 @@ What travels where:
   heartbeat, so a crashed node's nicks expire. Each node mirrors every remote user in its core, so a
   nick in use elsewhere gets 433 at once; two nodes taking the same nick in the same instant both
   accept it locally, and the one whose SET NX loses drops its user ("Nickname collision").
-- Presence: one hash per node (`...:node:ID:users`, field uid -> the user and its channels), expiring
+- Presence: one hash per node (`...:node:ID:users`, field uid -> the user, its channels and away
+  message; field "#channel" -> the shared state of a channel it has members in: topic, modes, key,
+  limit, bans, stamped with the time of their last change, so a node starting later adopts the newest
+  view; MODE, TOPIC, AWAY and INVITE also travel as live events), expiring
   as a whole with the node's heartbeat, plus the set `...:nodes`. A node starting (or reconnecting)
   writes its hash, announces `sync`, and reads every other node's hash; the others re-read its hash on
   `sync`. A hash per node rather than per channel: one HSET per change, and expiry needs no per-field
@@ -152,6 +155,7 @@ class Backplane:
         self.connected = asyncio.Event()
         self._tried = asyncio.Event()       # the first connection attempt is over, either way
         self.dirty: set[Any] = set()        # local cids whose presence record must be rewritten
+        self.dirty_channels: set[str] = set()  # folded channels whose shared state record must be rewritten
         self.claimed: dict[Any, str] = {}   # local cid -> the nick key it holds
         self.seen: dict[str, tuple[float, float]] = {}  # node -> (last heard, its ttl)
         self.dropped = 0
@@ -280,11 +284,14 @@ class Backplane:
         local = [c for c in self.core.clients.values() if c.remote is None and c.registered and not c.closed]
         for c in local:
             cmds.append(("HSET", self.k_users(me), str(c.cid), json.dumps(core_remote.record(c))))
+        for ch in {ch.folded: ch for c in local for ch in c.channels.values()}.values():
+            cmds.append(("HSET", self.k_users(me), "#" + ch.folded, json.dumps(core_remote.channel_record(ch))))
         cmds += [("EXPIRE", self.k_users(me), int(self.ttl) + 1),
                  ("SET", self.k_node(me), "1", "EX", int(self.ttl) + 1), ("SADD", self.k_nodes, me)]
         conn.send_many(cmds)
         self.claimed.clear()
         self.dirty.clear()
+        self.dirty_channels.clear()
         for c in local:
             self._claim(conn, c.cid, c.folded or "")
         conn.send("PUBLISH", self.k_events, self._wire({"k": "sync"}))
@@ -393,10 +400,21 @@ class Backplane:
             else:
                 if kind not in ("user", "quit") and (node, ev["u"]) not in core.clients:
                     self._resync(node)  # we missed this user's arrival: fetch the node's whole state
-                target = core.lookup_nick(ev.get("target", "")) if kind == "kick" else None
+                targets = []
+                if kind == "kick":
+                    targets = [core.lookup_nick(ev.get("target", ""))]
+                elif kind == "mode":  # +o/+v given to our users change their presence records
+                    targets = [core.lookup_nick(str(a or "")) for _, m, a in ev.get("changes") or () if m in "ov"]
                 self.service.dispatch(core_remote.apply_event(core, self.node, node, ev))
-                if target is not None and target.remote is None:
-                    self.dirty.add(target.cid)
+                rewrite = False
+                for target in targets:
+                    if target is not None and target.remote is None:
+                        self.dirty.add(target.cid)
+                        rewrite = True
+                if kind in ("mode", "topic", "kick"):  # our record of the channel may be stale (or go) now
+                    self.dirty_channels.add(core.fold(str(ev.get("channel") or "")))
+                    rewrite = True
+                if rewrite:
                     self.after_dispatch([])
         except Exception:  # noqa: BLE001 - one bad event must not cut the connection
             log.exception("backplane: could not apply a %r event from node %s", kind, node)
@@ -426,17 +444,24 @@ class Backplane:
                 self._batch.append(("EVAL", _RELEASE, 1, old, self._owner(cid)))
         if kind != "msg" and kind != "topic":
             self.dirty.add(cid)
+        if kind != "msg":
+            fold = self.core.fold
+            if "channel" in item.data:
+                self.dirty_channels.add(fold(str(item.data["channel"])))
+            for name in item.data.get("channels") or ():
+                self.dirty_channels.add(fold(str(name)))
         self._batch.append(("PUBLISH", self.k_events, self._wire(data)))
 
     def after_dispatch(self, out: Any) -> None:
         batch, claims = self._batch, self._claims
-        if not batch and not claims and not self.dirty:
+        if not batch and not claims and not self.dirty and not self.dirty_channels:
             return
         conn = self.conn
         if conn is None:
             self.dropped += sum(1 for cmd in batch if cmd[0] == "PUBLISH")
             self._batch, self._claims = [], []
             self.dirty.clear()  # rewritten in full by the next sync
+            self.dirty_channels.clear()
             return
         if len(conn.waiting) > self.max_pending or conn.stream.write_buffer_size > self.max_buffer:
             lost = sum(1 for cmd in batch if cmd[0] == "PUBLISH")
@@ -457,6 +482,15 @@ class Backplane:
             else:
                 batch.append(("HDEL", me, str(cid)))
         self.dirty.clear()
+        channels = self.core.channels
+        for folded in self.dirty_channels:
+            # A record per channel we have members in: what a node starting later learns its state from.
+            ch = channels.get(folded)
+            if ch is not None and any(m.remote is None for m in ch.members):
+                batch.append(("HSET", me, "#" + folded, json.dumps(core_remote.channel_record(ch))))
+            else:
+                batch.append(("HDEL", me, "#" + folded))
+        self.dirty_channels.clear()
         self._batch, self._claims = [], []
         try:
             conn.send_many(batch)

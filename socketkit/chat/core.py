@@ -261,7 +261,8 @@ class ChatCore:
             return
         c.closed = True
         if self.federated and c.registered:
-            self.emit("quit", c, reason=_last(quit_message or reason))
+            self.emit("quit", c, reason=_last(quit_message or reason),
+                      channels=[ch.name for ch in c.channels.values()])
         if error:
             line = Message({}, None, "ERROR", [_last(f"Closing Link: {c.host} ({reason})")]).format(trailing=True)
             self.send(c, line)

@@ -153,7 +153,7 @@ def cmd_topic(core: ChatCore, c: Client, msg: Message) -> None:
         return
     ch.topic = truncate_utf8(msg.params[1], core.limits.topiclen)
     ch.topic_by = c.nick or "*"
-    ch.topic_time = core.clock()
+    ch.topic_time = ch.stamp = core.clock()
     core.relay(ch.members, c, "TOPIC", [ch.name, ch.topic])
     if core.federated:
         core.emit("topic", c, channel=ch.name, topic=ch.topic, time=ch.topic_time)
@@ -218,6 +218,8 @@ def cmd_invite(core: ChatCore, c: Client, msg: Message) -> None:
     if x.away:
         core.num(c, N.RPL_AWAY, x.nick, x.away)
     core.relay([x], c, "INVITE", [x.nick or "*", ch.name])
+    if core.federated:  # the invited user may be on another node, and joins there
+        core.emit("invite", c, channel=ch.name, target=x.nick)
 
 
 def cmd_kick(core: ChatCore, c: Client, msg: Message) -> None:

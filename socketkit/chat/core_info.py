@@ -99,6 +99,8 @@ def cmd_away(core: ChatCore, c: Client, msg: Message) -> None:
         core.num(c, N.RPL_NOWAWAY, "You have been marked as being away")
     else:
         core.num(c, N.RPL_UNAWAY, "You are no longer marked as being away")
+    if core.federated:
+        core.emit("away", c, text=text)
     watchers = [p for p in core.peers(c) if "away-notify" in p.caps]
     if watchers:
         core.relay(watchers, c, "AWAY", [text] if text else [])

@@ -141,7 +141,11 @@ def channel_mode(core: ChatCore, c: Client, ch: Channel, modestr: str, args: lis
         else:
             core.num(c, N.ERR_UNKNOWNMODE, m, "is unknown mode char to me")
     if applied:
-        core.relay(ch.members, c, "MODE", [ch.name, *_render(applied)])
+        if any(m not in "ov" for _, m, _ in applied):
+            ch.stamp = core.clock()
+        core.relay(ch.members, c, "MODE", [ch.name, *render_modes(applied)])
+        if core.federated:
+            core.emit("mode", c, channel=ch.name, changes=applied, stamp=ch.stamp)
 
 
 def _ban(core: ChatCore, c: Client, ch: Channel, sign: str, raw: str) -> str | None:
@@ -170,7 +174,7 @@ def _ban(core: ChatCore, c: Client, ch: Channel, sign: str, raw: str) -> str | N
     return mask
 
 
-def _render(applied: list[tuple[str, str, str | None]]) -> list[str]:
+def render_modes(applied: list[tuple[str, str, str | None]]) -> list[str]:
     out, args = [], []
     last = ""
     for sign, m, arg in applied:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from socketkit.chat.core_modes import FLAG_MODES, render_modes
 from socketkit.chat.core_state import Channel, Client, Out
 
 if TYPE_CHECKING:
@@ -107,7 +108,24 @@ def apply_event(core: ChatCore, me: str, node: str, ev: dict[str, Any]) -> list[
         ch = core.lookup_channel(ev["channel"])
         if ch is not None:
             ch.topic, ch.topic_by, ch.topic_time = ev["topic"], x.nick or "*", float(ev.get("time") or core.clock())
+            ch.stamp = max(ch.stamp, ch.topic_time)
             core.relay(_local(ch.members), x, "TOPIC", [ch.name, ch.topic])
+    elif kind == "mode":
+        _mode(core, x, ev)
+    elif kind == "away":
+        x.away = str(ev.get("text") or "") or None
+        watchers = [p for p in _local(core.peers(x)) if "away-notify" in p.caps]
+        if watchers:
+            core.relay(watchers, x, "AWAY", [x.away] if x.away else [])
+    elif kind == "invite":
+        ch = core.lookup_channel(ev["channel"])
+        target = core.lookup_nick(ev.get("target") or "")
+        if ch is not None and target is not None and target not in ch.members:
+            if len(ch.invites) >= core.limits.max_invites:
+                ch.invites.pop()
+            ch.invites.add(target.folded or "")
+            if target.remote is None:
+                core.relay([target], x, "INVITE", [target.nick or "*", ch.name])
     elif kind == "kick":
         ch = core.lookup_channel(ev["channel"])
         target = core.lookup_nick(ev["target"])
@@ -115,6 +133,85 @@ def apply_event(core: ChatCore, me: str, node: str, ev: dict[str, Any]) -> list[
             core.relay(_local(ch.members), x, "KICK", [ch.name, target.nick or "*", ev.get("reason") or ""])
             core.remove_member(ch, target)
     return core._flush()  # "user" and "nick": user() did it
+
+
+def _mode(core: ChatCore, x: Client, ev: dict[str, Any]) -> None:
+    """A MODE that an operator on another node applied there (its node checked the privilege): the
+    same changes here, shown to the local members."""
+    ch = core.lookup_channel(ev["channel"])
+    if ch is None:
+        return
+    applied: list[tuple[str, str, str | None]] = []
+    for change in ev.get("changes") or ():
+        try:
+            sign, m, arg = change
+        except (TypeError, ValueError):
+            continue
+        if sign not in "+-" or not isinstance(m, str) or len(m) != 1:
+            continue
+        if m in FLAG_MODES:
+            (ch.modes.add if sign == "+" else ch.modes.discard)(m)
+        elif m in "ov":
+            member = core.lookup_nick(str(arg or ""))
+            have = ch.members.get(member) if member is not None else None
+            if have is None:
+                continue
+            ch.members[member] = "".join(sorted(set(have) | {m})) if sign == "+" else have.replace(m, "")
+        elif m == "k":
+            ch.key = str(arg) if sign == "+" and arg else None
+        elif m == "l":
+            try:
+                ch.limit = min(int(arg), 1_000_000) if sign == "+" else None
+            except (TypeError, ValueError):
+                continue
+        elif m == "b":
+            mask = str(arg or "")
+            folded = core.fold(mask)
+            if sign == "+" and folded not in ch.ban_folded and len(ch.bans) < core.limits.maxbans:
+                ch.bans.append((mask, x.nick or "*", core.clock()))
+                ch.ban_folded.append(folded)
+            elif sign == "-" and folded in ch.ban_folded:
+                i = ch.ban_folded.index(folded)
+                del ch.bans[i], ch.ban_folded[i]
+            ch.ban_cache.clear()
+        else:
+            continue
+        applied.append((sign, m, None if arg is None else str(arg)))
+    ch.stamp = max(ch.stamp, float(ev.get("stamp") or 0.0))
+    if applied:
+        core.relay(_local(ch.members), x, "MODE", [ch.name, *render_modes(applied)])
+
+
+def channel_record(ch: Channel) -> dict[str, Any]:
+    """A channel's shared state, as a node that has members in it stores it for nodes starting later."""
+    return {"ch": ch.name, "created": ch.created, "stamp": ch.stamp, "topic": ch.topic, "topic_by": ch.topic_by,
+            "topic_time": ch.topic_time, "modes": "".join(sorted(ch.modes)), "key": ch.key, "limit": ch.limit,
+            "bans": [list(b) for b in ch.bans]}
+
+
+def apply_channel(core: ChatCore, rec: dict[str, Any]) -> None:
+    """Adopt another node's view of a channel we also hold, if it is newer than ours (last writer wins,
+    by `stamp`); the creation time is the earliest any node saw."""
+    ch = core.lookup_channel(str(rec.get("ch") or ""))
+    if ch is None:
+        return
+    created = float(rec.get("created") or ch.created)
+    ch.created = min(ch.created, created)
+    stamp = float(rec.get("stamp") or 0.0)
+    if stamp <= ch.stamp:
+        return
+    ch.stamp = stamp
+    ch.topic = str(rec.get("topic") or "")
+    ch.topic_by = str(rec.get("topic_by") or "")
+    ch.topic_time = float(rec.get("topic_time") or 0.0)
+    ch.modes = {m for m in str(rec.get("modes") or "") if m in FLAG_MODES}
+    ch.key = rec.get("key") or None
+    limit = rec.get("limit")
+    ch.limit = int(limit) if isinstance(limit, int) and limit > 0 else None
+    bans = [(str(b[0]), str(b[1]), float(b[2])) for b in rec.get("bans") or () if len(b) == 3]
+    ch.bans = bans[: core.limits.maxbans]
+    ch.ban_folded = [core.fold(b[0]) for b in ch.bans]
+    ch.ban_cache.clear()
 
 
 def _message(core: ChatCore, me: str, x: Client, ev: dict[str, Any]) -> None:
@@ -147,7 +244,10 @@ def _message(core: ChatCore, me: str, x: Client, ev: dict[str, Any]) -> None:
 
 
 def apply_snapshot(core: ChatCore, node: str, records: list[dict[str, Any]]) -> list[Out]:
-    """Make node `node`'s users exactly `records` ([{"u": uid, "i": ident, "c": {channel: modes}}])."""
+    """Make node `node`'s users exactly the user records ([{"u": uid, "i": ident, "c": {channel: modes},
+    "a": away}]), then adopt its channel records ({"ch": name, ...}: see channel_record) where newer."""
+    channels = [r for r in records if "ch" in r]
+    records = [r for r in records if "u" in r]
     wanted = {(node, r["u"]): r for r in records}
     for x in [x for x in core.clients.values() if x.remote == node and x.cid not in wanted]:
         core.drop(x, SPLIT_REASON, error=False)
@@ -159,6 +259,9 @@ def apply_snapshot(core: ChatCore, node: str, records: list[dict[str, Any]]) -> 
                 _part(core, x, ch.name, "")
         for name, modes in chans.values():
             _join(core, x, name, modes)
+        x.away = rec.get("a") or None
+    for rec in channels:
+        apply_channel(core, rec)
     return core._flush()
 
 
@@ -177,7 +280,7 @@ def nodes(core: ChatCore) -> set[str]:
 def record(c: Client) -> dict[str, Any]:
     """A local user as other nodes learn it from a snapshot."""
     return {"u": c.cid, "i": [c.nick or "*", c.user or "*", c.host, c.realname, c.account],
-            "c": {ch.name: ch.members.get(c, "") for ch in c.channels.values()}}
+            "c": {ch.name: ch.members.get(c, "") for ch in c.channels.values()}, "a": c.away}
 
 
 def collide(core: ChatCore, cid: Any) -> list[Out]:

@@ -142,6 +142,9 @@ class Channel:
     ban_folded: list[str] = field(default_factory=list)                # the masks, case-folded
     invites: set[str] = field(default_factory=set)                     # folded nicks
     ban_cache: dict[Client, tuple[str, bool]] = field(default_factory=dict)  # member -> (prefix, banned)
+    # When the shared state (topic, modes, key, limit, bans) last changed, by the clock of the node that
+    # changed it: several nodes' views of a channel are reconciled newest-first (see core_remote).
+    stamp: float = 0.0
 
 
 def normalize_mask(mask: str) -> str:

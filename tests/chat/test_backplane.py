@@ -231,6 +231,10 @@ def knows(node: Node, nick: str) -> bool:
     return x is not None and x.remote is not None
 
 
+def bob_cid(node: Node) -> Any:
+    return next(x.cid for x in node.core.clients.values() if x.nick == "bob")
+
+
 async def join(c: Client, channel: str) -> None:
     await c.send(f"JOIN {channel}")
     await c.expect("366", lambda m: m.params[1] == channel)
@@ -461,8 +465,9 @@ async def test_kick_of_a_user_on_another_node(redis: Redis) -> None:
         assert kick.source.startswith("alice!") and kick.params == ["#x", "bob", "out"]
         assert await bob.names("#x") == {"alice"}
         key = f"socketkit:chat:socketkit:node:{b.service.backplane.node}:users"
-        await wait_for(lambda: [json.loads(v)["c"] for v in redis_call(redis.port, "HVALS", key)] == [{}],
-                       what="B's presence record without #x")
+        await wait_for(lambda: [json.loads(v) for v in redis_call(redis.port, "HVALS", key)] == [
+            {"u": bob_cid(b), "i": ["bob", "~bob", "127.0.0.1", "bob test", None], "c": {}, "a": None}],
+            what="B's presence: bob without #x, and no record of #x (no member there any more)")
         for c in (alice, bob):
             await c.close()
 
@@ -480,8 +485,81 @@ async def test_a_node_starts_while_redis_is_down_and_joins_later(redis: Redis) -
         later.start()
         await wait_for(lambda: down.backplane.connected.is_set(), what="the node reaching redis once it is up")
         key = f"socketkit:chat:socketkit:node:{down.backplane.node}:users"
-        assert [json.loads(v)["i"][0] for v in redis_call(later.port, "HVALS", key)] == ["solo"]
+        assert [json.loads(v)["i"][0] for v in redis_call(later.port, "HVALS", key) if "u" in json.loads(v)] == ["solo"]
         await solo.close()
     finally:
         await down.aclose(drain=0)
         later.stop()
+
+
+# -- channel state shared between nodes -------------------------------------------------------------------
+async def test_channel_modes_set_on_one_node_hold_on_the_other(redis: Redis) -> None:
+    async with nodes(redis) as (a, b):
+        alice = await Client.open(a, "alice")
+        bob = await Client.open(b, "bob")
+        carol = await Client.open(b, "carol")
+        await join(alice, "#x")  # operator, on A
+        await wait_for(lambda: b.core.lookup_channel("#x"), what="node B learning of #x")
+        await join(bob, "#x")
+        await alice.expect("JOIN", lambda m: m.source.startswith("bob!"))
+        # +i and +k set on A: carol, on B, is held to them by B
+        await alice.send("MODE #x +ik sesame")
+        mode = await bob.expect("MODE")
+        assert mode.source.startswith("alice!") and mode.params == ["#x", "+ik", "sesame"]
+        await carol.send("JOIN #x")
+        assert (await carol.expect("473")).params[1] == "#x"  # invite only
+        # an invite from A lets her in, on B (the key is still needed)
+        await alice.send("INVITE carol #x")
+        invite = await carol.expect("INVITE")
+        assert invite.source.startswith("alice!") and invite.params == ["carol", "#x"]
+        await carol.send("JOIN #x")
+        assert (await carol.expect("475")).params[1] == "#x"  # bad key
+        await carol.send("JOIN #x sesame")
+        await carol.expect("366")
+        # +o given on A to bob (on B): B's core lets bob act as an operator now
+        await alice.send("MODE #x +o bob")
+        assert (await bob.expect("MODE", lambda m: m.params[1] == "+o")).params == ["#x", "+o", "bob"]
+        await bob.send("MODE #x -i+b evil!*@*")
+        back = await alice.expect("MODE", lambda m: m.source.startswith("bob!"))
+        assert back.params == ["#x", "-i+b", "evil!*@*"]
+        ch = a.core.lookup_channel("#x")
+        assert "i" not in ch.modes and [m for m, _, _ in ch.bans] == ["evil!*@*"]
+        for c in (alice, bob, carol):
+            await c.close()
+
+
+async def test_a_node_starting_later_learns_topic_and_modes(redis: Redis) -> None:
+    async with nodes(redis, 1) as (a,):
+        alice = await Client.open(a, "alice", caps="away-notify")
+        await join(alice, "#x")
+        await alice.send("TOPIC #x :set before B existed")
+        await alice.expect("TOPIC")
+        await alice.send("MODE #x +mk secret")
+        await alice.expect("MODE")
+        await alice.send("AWAY :lunch")
+        await alice.expect("306")
+        async with nodes(redis, 1) as (b,):
+            ch = b.core.lookup_channel("#x")
+            assert ch is not None and ch.topic == "set before B existed" and ch.topic_by == "alice"
+            assert ch.modes == {"m", "n", "t"} and ch.key == "secret"
+            bob = await Client.open(b, "bob")
+            await bob.send("JOIN #x")
+            assert (await bob.expect("475")).params[1] == "#x"
+            await bob.send("JOIN #x secret")
+            topic = await bob.expect("332")
+            assert topic.params[1:] == ["#x", "set before B existed"]
+            names = await bob.expect("353")
+            assert "@alice" in names.params[-1].split() and "bob" in names.params[-1].split()  # not an op
+            await bob.send("WHOIS alice")
+            assert (await bob.expect("301")).params[1:] == ["alice", "lunch"]
+            # moderated: bob (no voice) cannot speak, on his own node either
+            await bob.send("PRIVMSG #x :hello?")
+            assert (await bob.expect("404")).params[1] == "#x"
+            # away-notify across nodes: alice comes back, and bob goes away
+            await alice.send("AWAY")
+            await wait_for(lambda: b.core.lookup_nick("alice").away is None, what="B seeing alice back")
+            await bob.send("AWAY :brb")
+            away = await alice.expect("AWAY", lambda m: m.source.startswith("bob!"))
+            assert away.params == ["brb"]
+            await bob.close()
+        await alice.close()
