@@ -16,23 +16,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import socket
 import ssl
-import struct
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 
 from socketkit.errors import (
     ClosedError,
     DeadlineError,
-    IncompleteReadError,
-    LineTooLongError,
     PeerResetError,
     SocketkitError,
     TLSError,
 )
 from socketkit.net.driver import PARK, Driver
 from socketkit.net.limits import Limits
+from socketkit.net.stream_life import Lifecycle
+from socketkit.net.stream_read import FramedReads
 
 _DEFAULT_LIMITS = Limits()
 _RESET_ERRORS = (ConnectionError, BrokenPipeError, OSError)
@@ -100,7 +98,7 @@ class StreamProtocol(asyncio.Protocol):
                 w.set_result(None)
 
 
-class Stream:
+class Stream(FramedReads, Lifecycle):
     """A connected byte stream. Made by `socketkit.connect()` or handed to a server's handler."""
 
     def __init__(self, *, limits: Limits | None = None, endpoint: object | None = None) -> None:
@@ -312,85 +310,6 @@ class Stream:
             self._consumed()
         return data
 
-    async def receive_exactly(self, n: int, *, timeout: float | None = None) -> bytes:
-        """Exactly `n` bytes; IncompleteReadError (with what did arrive) if the stream ends first."""
-        when, seconds = self._when(timeout)
-        with self._deadline_at(when, seconds):
-            while len(self._buf) < n:
-                if self._eof:
-                    if self._error is not None or self._closing:
-                        raise self._failure()
-                    partial = bytes(self._buf)
-                    self._buf.clear()
-                    raise IncompleteReadError(
-                        f"stream ended after {len(partial)} of {n} bytes", partial=partial, endpoint=self.endpoint
-                    )
-                await self._fill(None)
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
-        self._consumed()
-        return data
-
-    async def receive_until(
-        self, delimiter: bytes = b"\n", max_size: int | None = None, *, timeout: float | None = None
-    ) -> bytes:
-        """Bytes up to and including `delimiter`; LineTooLongError if none within `max_size` bytes.
-
-        At end of stream, what is left (without delimiter) raises IncompleteReadError carrying it.
-        """
-        if not delimiter:
-            raise ValueError("delimiter must not be empty")
-        max_size = max_size or self.limits.max_line
-        buf = self._buf
-        start = 0
-        when, seconds = self._when(timeout)
-        with self._deadline_at(when, seconds):
-            while True:
-                i = buf.find(delimiter, start)
-                if i >= 0:
-                    end = i + len(delimiter)
-                    if end > max_size:
-                        break
-                    data = bytes(buf[:end])
-                    del buf[:end]
-                    self._consumed()
-                    return data
-                if len(buf) >= max_size:
-                    break
-                start = max(0, len(buf) - len(delimiter) + 1)
-                if self._eof:
-                    if self._error is not None or self._closing:
-                        raise self._failure()
-                    partial = bytes(buf)
-                    buf.clear()
-                    raise IncompleteReadError(
-                        f"stream ended before {delimiter!r} ({len(partial)} bytes pending)",
-                        partial=partial, endpoint=self.endpoint,
-                    )
-                await self._fill(None)
-        raise LineTooLongError(
-            f"no {delimiter!r} within {max_size} bytes", limit="max_line", value=max_size, endpoint=self.endpoint
-        )
-
-    @contextlib.contextmanager
-    def _deadline_at(self, when: float | None, seconds: float | None) -> Iterator[None]:
-        previous = self._deadline, self._deadline_seconds
-        self._deadline, self._deadline_seconds = when, seconds
-        try:
-            yield
-        finally:
-            self._deadline, self._deadline_seconds = previous
-
-    async def lines(self, delimiter: bytes = b"\n", max_size: int | None = None) -> AsyncIterator[bytes]:
-        """Each line with its delimiter; a last unterminated line is yielded as it is."""
-        while True:
-            try:
-                yield await self.receive_until(delimiter, max_size)
-            except IncompleteReadError as e:
-                if e.partial:
-                    yield e.partial
-                return
-
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
 
@@ -498,122 +417,6 @@ class Stream:
         from socketkit.net.sendfile import send_file
 
         return await send_file(self, file, offset, count)
-
-    # -- TLS upgrade ----------------------------------------------------------------------------
-    async def start_tls(
-        self,
-        context: ssl.SSLContext,
-        *,
-        server_side: bool = False,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> None:
-        """Upgrade this live stream to TLS (STARTTLS). Unread plaintext is refused: an attacker could
-        have injected it before the handshake (the classic STARTTLS command-injection flaw)."""
-        if self._is_tls:
-            raise TLSError("stream is already TLS", endpoint=self.endpoint)
-        if self._buf:
-            raise TLSError(
-                f"{len(self._buf)} bytes of plaintext arrived after STARTTLS and before the handshake",
-                endpoint=self.endpoint,
-            )
-        if self._lost or self._closing:
-            raise self._failure()
-        try:
-            transport = await self._loop.start_tls(
-                self._transport, self.protocol, context, server_side=server_side,
-                server_hostname=server_hostname if not server_side else None,
-                ssl_handshake_timeout=timeout or self.limits.handshake_timeout,
-            )
-        except ssl.SSLError as e:
-            self._transport.abort()
-            raise TLSError(f"TLS handshake failed: {e.reason or e}", endpoint=self.endpoint) from e
-        except TimeoutError as e:
-            self._transport.abort()
-            raise DeadlineError("TLS handshake timed out", seconds=timeout, endpoint=self.endpoint) from e
-        except OSError as e:
-            self._transport.abort()
-            from socketkit.net.connect import _is_handshake_timeout
-
-            if _is_handshake_timeout(e):
-                raise DeadlineError("TLS handshake timed out", seconds=timeout, endpoint=self.endpoint) from e
-            raise PeerResetError(f"connection lost during TLS handshake ({e})", endpoint=self.endpoint) from e
-        if transport is None:
-            raise PeerResetError("connection lost during TLS handshake", endpoint=self.endpoint)
-        self._transport = transport
-        self._is_tls = True
-        transport.set_write_buffer_limits(high=self.limits.write_buffer)
-
-    # -- closing --------------------------------------------------------------------------------
-    def close(self) -> None:
-        """Close after flushing what was sent. Idempotent."""
-        if self._closing:
-            return
-        self._closing = True
-        self._send_blocked = True
-        transport = self._transport
-        if transport is not None and not self._lost:
-            pending = self.write_buffer_size  # before close(): asyncio's TLS transport forgets it then
-            transport.close()
-            # A peer that never reads would keep the flush (and the socket) forever: give it
-            # drain_timeout seconds, then reset.
-            if pending > 0:
-                self._abort_handle = self._loop.call_later(self.limits.drain_timeout, self._abort_if_alive)
-        self._wake_reader()
-        self._wake_drain()
-
-    def _abort_if_alive(self) -> None:
-        self._abort_handle = None
-        if not self._lost and self._transport is not None:
-            self._transport.abort()
-
-    def _wake_drain(self) -> None:
-        w = self._drain_waiter
-        if w is not None:
-            self._drain_waiter = None
-            if not w.done():
-                w.set_result(None)
-
-    def abort(self) -> None:
-        """Close at once, dropping unsent data (the peer sees a reset). Idempotent."""
-        self._closing = True
-        self._send_blocked = True
-        if self._transport is not None and not self._lost:
-            sock = self._transport.get_extra_info("socket")
-            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                try:  # linger 0: the kernel sends RST instead of FIN, so the peer sees a reset
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                except OSError:
-                    pass
-            self._transport.abort()
-        self._wake_reader()
-
-    async def aclose(self, timeout: float = 5.0) -> None:
-        """Close and wait (bounded) until the connection is really gone."""
-        self.close()
-        if self._lost or self._transport is None:
-            return
-        if self._closed_waiter is None:
-            self._closed_waiter = self._loop.create_future()
-        try:
-            async with asyncio.timeout(timeout):
-                await asyncio.shield(self._closed_waiter)
-        except TimeoutError:
-            self._transport.abort()
-
-    async def wait_lost(self) -> None:
-        """Return once the connection is gone (closed by either side, reset, or aborted)."""
-        if self._lost or self._transport is None:
-            return
-        if self._closed_waiter is None:
-            self._closed_waiter = self._loop.create_future()
-        await asyncio.shield(self._closed_waiter)
-
-    async def __aenter__(self) -> Stream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
