@@ -277,6 +277,25 @@ def run_options(p, names: Sequence[str], *, seconds: float, repeat: int, seconds
     p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(names)}")
 
 
+def interleave(names: Sequence[str], repeat: int, measure, before_round=None) -> tuple[dict, dict[str, str]]:
+    """Run `measure(name)` for every name, `repeat` rounds interleaved (a, b, a, b...: slow drifts of the
+    machine hit everyone alike). A BenchError fails that name for the remaining rounds. Returns
+    ({name: [results]}, {name: why it failed}). `before_round()` runs at the start of each round."""
+    runs: dict = {n: [] for n in names}
+    failed: dict[str, str] = {}
+    for _ in range(repeat):
+        if before_round is not None:
+            before_round()
+        for name in names:
+            if name in failed:
+                continue
+            try:
+                runs[name].append(measure(name))
+            except BenchError as exc:
+                failed[name] = str(exc)
+    return runs, failed
+
+
 def summarize(bench: str, names: Sequence[str], runs: dict, skipped: dict[str, str], failed: dict[str, str],
               unit: str, extra=None, describe=None) -> dict:
     """Print each server's result line (median rate, errors summed over its runs, SKIPPED or FAILED);

@@ -44,6 +44,7 @@ from _common import (  # noqa: E402
     group_cpu_seconds,
     group_rss_kib,
     install_signal_handlers,
+    interleave,
     load_warning,
     median,
     note,
@@ -442,18 +443,16 @@ def main(argv: list[str] | None = None) -> int:
     if busy := load_warning():
         note(busy)
 
-    runs: dict[str, list[Run]] = {n: [] for n in args.names}
-    failed: dict[str, str] = {}
+    seed = 0
+
+    def new_round() -> None:
+        nonlocal seed
+        seed = rng.randrange(1 << 30)  # one schedule per round, shared by every server
+
     with tempfile.TemporaryDirectory(prefix="socketkit-bench-chat-") as tmp:
-        for _ in range(args.repeat):
-            seed = rng.randrange(1 << 30)  # one schedule per round, shared by every server
-            for name in args.names:
-                if name in failed:
-                    continue
-                try:
-                    runs[name].append(measure(name, args, Path(tmp), seed, random_tag(rng)))
-                except BenchError as exc:
-                    failed[name] = str(exc)
+        runs, failed = interleave(args.names, args.repeat,
+                                  lambda name: measure(name, args, Path(tmp), seed, random_tag(rng)),
+                                  before_round=new_round)
 
     summaries: dict[str, Summary | None] = {}
     for name in args.names:

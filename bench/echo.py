@@ -35,6 +35,7 @@ from _common import (  # noqa: E402
     emit,
     free_port,
     install_signal_handlers,
+    interleave,
     load_warning,
     median,
     note,
@@ -427,16 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             skipped[name] = f"{', '.join(missing)} not installed"
     runnable = [n for n in args.names if n not in skipped]
 
-    rates: dict[str, list[float]] = {n: [] for n in runnable}
-    failed: dict[str, str] = {}
-    for _ in range(args.repeat):
-        for name in runnable:
-            if name in failed:
-                continue
-            try:
-                rates[name].append(measure(name, client, args, cpus))
-            except BenchError as exc:
-                failed[name] = str(exc)
+    rates, failed = interleave(runnable, args.repeat, lambda name: measure(name, client, args, cpus))
 
     result: dict[str, float | None] = {}
     for name in args.names:

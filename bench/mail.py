@@ -44,6 +44,7 @@ from _common import (  # noqa: E402
     fmt,
     free_port,
     install_signal_handlers,
+    interleave,
     load_warning,
     note,
     python_version,
@@ -353,18 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     if PEER in args.names and importlib.util.find_spec("aiosmtpd") is None:
         skipped[PEER] = "aiosmtpd not installed"
     runnable = [n for n in args.names if n not in skipped]
-    runs: dict[str, list[Run]] = {n: [] for n in runnable}
-    failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="socketkit-bench-mail-", dir=args.tmpdir) as tmp:
         note(f"maildirs: {filesystem_of(tmp)}, a fresh one per run, deleted after it")
-        for _ in range(args.repeat):
-            for name in runnable:
-                if name in failed:
-                    continue
-                try:
-                    runs[name].append(measure(name, args, Path(tmp)))
-                except BenchError as exc:
-                    failed[name] = str(exc)
+        runs, failed = interleave(runnable, args.repeat, lambda name: measure(name, args, Path(tmp)))
 
     results = summarize(BENCH, args.names, runs, skipped, failed, "msgs/s")
     for name in results:

@@ -43,6 +43,7 @@ from _common import (  # noqa: E402
     group_cpu_seconds,
     http_server,
     install_signal_handlers,
+    interleave,
     load_warning,
     median,
     note,
@@ -295,16 +296,8 @@ def run_case(case: Case, names: list[str], ctx: Context, args: argparse.Namespac
         return True
     skipped = {s.name: reason for s in servers if (reason := s.missing())}
     runnable = [s for s in servers if s.name not in skipped]
-    runs: dict[str, list[Run]] = {s.name: [] for s in runnable}
-    failed: dict[str, str] = {}
-    for _ in range(args.repeat):
-        for server in runnable:
-            if server.name in failed:
-                continue
-            try:
-                runs[server.name].append(measure(case, server, ctx, args))
-            except BenchError as exc:
-                failed[server.name] = str(exc)
+    by_name = {s.name: s for s in runnable}
+    runs, failed = interleave(list(by_name), args.repeat, lambda name: measure(case, by_name[name], ctx, args))
 
     def throughput(name: str) -> str:
         return f", {fmt(median([r.mibps for r in runs[name]]))} MiB/s" if case.throughput else ""

@@ -240,6 +240,14 @@ async def join(c: Client, channel: str) -> None:
     await c.expect("366", lambda m: m.params[1] == channel)
 
 
+async def both_join(a: Node, b: Node, alice: Client, bob: Client, channel: str) -> None:
+    """alice (on node A) creates `channel`, bob (on B) joins it once B knows it, alice sees him join."""
+    await join(alice, channel)
+    await wait_for(lambda: b.core.lookup_channel(channel), what=f"node B learning of {channel}")
+    await join(bob, channel)
+    await alice.expect("JOIN", lambda m: m.source.startswith("bob!"))
+
+
 # -- tests ----------------------------------------------------------------------------------------------
 async def test_users_on_two_nodes_share_a_channel(redis: Redis) -> None:
     async with nodes(redis) as (a, b):
@@ -324,10 +332,7 @@ async def test_quit_on_one_node_shows_on_the_other(redis: Redis) -> None:
     async with nodes(redis) as (a, b):
         alice = await Client.open(a, "alice")
         bob = await Client.open(b, "bob")
-        await join(alice, "#x")
-        await wait_for(lambda: b.core.lookup_channel("#x"), what="node B learning of #x")
-        await join(bob, "#x")
-        await alice.expect("JOIN", lambda m: m.source.startswith("bob!"))
+        await both_join(a, b, alice, bob, "#x")
         await alice.send("QUIT :gone fishing")
         quit_ = await bob.expect("QUIT")
         assert quit_.source == "alice!~alice@127.0.0.1" and quit_.params == ["Quit: gone fishing"]
@@ -382,10 +387,7 @@ async def test_redis_restart_messages_flow_again(redis: Redis, caplog: pytest.Lo
     async with nodes(redis) as (a, b):
         alice = await Client.open(a, "alice")
         bob = await Client.open(b, "bob")
-        await join(alice, "#x")
-        await wait_for(lambda: b.core.lookup_channel("#x"), what="node B learning of #x")
-        await join(bob, "#x")
-        await alice.expect("JOIN", lambda m: m.source.startswith("bob!"))
+        await both_join(a, b, alice, bob, "#x")
 
         redis.stop()
         await wait_for(lambda: a.service.backplane.conn is None and b.service.backplane.conn is None,
@@ -424,10 +426,7 @@ async def test_a_slow_redis_drops_events_with_a_log_line(redis: Redis, caplog: p
     async with nodes(redis) as (a, b):
         alice = await Client.open(a, "alice")
         bob = await Client.open(b, "bob")
-        await join(alice, "#x")
-        await wait_for(lambda: b.core.lookup_channel("#x"), what="node B learning of #x")
-        await join(bob, "#x")
-        await alice.expect("JOIN", lambda m: m.source.startswith("bob!"))
+        await both_join(a, b, alice, bob, "#x")
         a.service.backplane.max_pending = -1  # every write is "past the bound"
         await alice.send("PRIVMSG #x :dropped")
         with pytest.raises(AssertionError):
@@ -456,10 +455,7 @@ async def test_kick_of_a_user_on_another_node(redis: Redis) -> None:
     async with nodes(redis) as (a, b):
         alice = await Client.open(a, "alice")
         bob = await Client.open(b, "bob")
-        await join(alice, "#x")  # first on the network: operator
-        await wait_for(lambda: b.core.lookup_channel("#x"), what="node B learning of #x")
-        await join(bob, "#x")
-        await alice.expect("JOIN", lambda m: m.source.startswith("bob!"))
+        await both_join(a, b, alice, bob, "#x")  # first on the network: operator
         await alice.send("KICK #x bob :out")
         kick = await bob.expect("KICK")
         assert kick.source.startswith("alice!") and kick.params == ["#x", "bob", "out"]
@@ -498,10 +494,7 @@ async def test_channel_modes_set_on_one_node_hold_on_the_other(redis: Redis) -> 
         alice = await Client.open(a, "alice")
         bob = await Client.open(b, "bob")
         carol = await Client.open(b, "carol")
-        await join(alice, "#x")  # operator, on A
-        await wait_for(lambda: b.core.lookup_channel("#x"), what="node B learning of #x")
-        await join(bob, "#x")
-        await alice.expect("JOIN", lambda m: m.source.startswith("bob!"))
+        await both_join(a, b, alice, bob, "#x")  # operator, on A
         # +i and +k set on A: carol, on B, is held to them by B
         await alice.send("MODE #x +ik sesame")
         mode = await bob.expect("MODE")
