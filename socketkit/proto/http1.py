@@ -136,7 +136,8 @@ class ServerConnection(ResponseWriter):
                     self._backlog += data
                 return []
         self._sink = out = []
-        if data and self._idle and self.fast:
+        if data and self._idle and self.fast and not self._manual:
+            # (not while an upgrade request's body is still being cut out of the stream: see _feed)
             # _feed's fast path, written out here: the common request is one read, one call deep.
             used = try_simple(self, data)
             if used:

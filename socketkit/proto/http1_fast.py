@@ -52,6 +52,7 @@ def try_simple(conn: ServerConnection, data: bytes) -> int:
     headers = []
     host = 0
     keep_alive = version == "1.1"
+    closing = False
     special = _NEEDS_FULL
     if block:
         for line in block.split(b"\r\n")[:-1]:
@@ -74,8 +75,9 @@ def try_simple(conn: ServerConnection, data: bytes) -> int:
                 token = value.lower()
                 if token == b"close":
                     keep_alive = False
+                    closing = True
                 elif token == b"keep-alive":
-                    keep_alive = True
+                    keep_alive = not closing  # close anywhere wins, as llhttp decides
                 else:
                     return 0
             headers.append((name, value))

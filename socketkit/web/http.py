@@ -124,6 +124,8 @@ class HTTPHandler:
                         data = await stream.receive()  # between requests: the idle timeout applies
                     events = conn.receive(data)
                     i = 0
+                    if not data and not events:
+                        return  # end of stream and nothing more to serve (EOF inside a body, say)
                     if not events and not conn.request_pending and data:
                         # Only empty lines between requests (RFC 9112 2.2 lets us skip a few): bytes
                         # that move without a request must not keep an idle connection alive forever.

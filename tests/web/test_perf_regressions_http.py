@@ -82,3 +82,14 @@ def test_date_line_follows_a_clock_that_steps_back(monkeypatch) -> None:
     second = clock.extra(True)
     assert first != second and second.startswith(b"date: ") and second.endswith(b"server: socketkit\r\n")
     assert clock.extra(False) == second.replace(b"server: socketkit\r\n", b"")
+
+
+def test_connection_close_anywhere_wins_on_the_fast_path_as_in_llhttp():
+    from socketkit.proto.http1 import Request, ServerConnection
+
+    for fast in (True, False):
+        conn = ServerConnection()
+        conn.fast = fast
+        events = conn.receive(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n")
+        request = next(e for e in events if isinstance(e, Request))
+        assert request.keep_alive is False, fast
