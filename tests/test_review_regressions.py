@@ -277,3 +277,61 @@ async def test_empty_lines_do_not_keep_a_web_connection_alive():
         writer.close()
     finally:
         await web.aclose(drain=0)
+
+
+async def test_bytes_arriving_after_a_cancel_are_not_stepped_into_the_handler():
+    """A parked handler's Task cancelled, then bytes in the same loop iteration: as with a plain Task
+    (whose read future Task.cancel() cancels), the handler sees the cancellation, not the bytes."""
+    from socketkit.net.driver import Driver
+    from socketkit.net.stream import Stream
+
+    class Transport(asyncio.Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out: list[bytes] = []
+
+        def write(self, data) -> None:
+            self.out.append(bytes(data))
+
+        def get_extra_info(self, name, default=None):
+            return default
+
+        def set_write_buffer_limits(self, high=None, low=None) -> None:
+            pass
+
+        def is_closing(self) -> bool:
+            return False
+
+    stream = Stream()
+    transport = Transport()
+    stream.protocol.connection_made(transport)
+    seen: list[object] = []
+
+    async def echo(s: Stream) -> None:
+        try:
+            async for chunk in s:
+                seen.append(chunk)
+                await s.send(chunk)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    driver = Driver(echo(stream))
+    stream._driver = driver
+    task = asyncio.ensure_future(driver.run())
+    await _wait(lambda: driver.parked)
+    done = asyncio.get_running_loop().create_future()
+
+    def poke() -> None:  # from a loop callback, as data_received really runs: no task is current
+        stream.protocol.data_received(b"a")  # stepped inline
+        task.cancel()
+        stream.protocol.data_received(b"b")  # must wait: the Task is being cancelled
+        done.set_result(None)
+
+    asyncio.get_running_loop().call_soon(poke)
+    await done
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    assert seen == [b"a", "cancelled"] and transport.out == [b"a"]

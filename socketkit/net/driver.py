@@ -45,8 +45,20 @@ _Park.__await__ = staticmethod(functools.partial(iter, _PARKED))  # type: ignore
 _RESUME, _YIELDED, _DONE, _ERROR = range(4)
 
 
+class _ParkFuture(asyncio.Future):
+    """What the Task waits on while its handler is parked. A cancellation of the Task lands here first
+    (Task.cancel cancels the future it waits for): the driver stops stepping the handler inline at that
+    very moment, as a plain Task would stop being fed, instead of at the Task's next step."""
+
+    __slots__ = ("driver",)
+
+    def cancel(self, msg: Any = None) -> bool:
+        self.driver.waiting = False
+        return super().cancel(msg=msg)
+
+
 class Driver:
-    __slots__ = ("coro", "ctx", "loop", "task", "stepping", "park", "outcome", "_run", "_send")
+    __slots__ = ("coro", "ctx", "loop", "task", "stepping", "park", "waiting", "outcome", "_run", "_send")
 
     def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
         self.coro = coro
@@ -57,14 +69,14 @@ class Driver:
         self.task: asyncio.Task[Any] | None = None
         self.stepping = False
         self.park: asyncio.Future[None] | None = None
+        self.waiting = False  # == park is not None and not park.done(), kept as a flag for the hot path
         # What happened while parked, for the Task to act on: (kind, payload) or None.
         self.outcome: tuple[int, Any] | None = None
 
     @property
     def parked(self) -> bool:
         """The handler waits for bytes and nothing has woken it yet."""
-        park = self.park
-        return park is not None and not park.done()
+        return self.waiting
 
     # -- called from the protocol ---------------------------------------------------------------
     def wake(self) -> None:
@@ -76,6 +88,7 @@ class Driver:
 
     def _finish(self, kind: int, payload: Any) -> None:
         self.outcome = (kind, payload)
+        self.waiting = False
         park = self.park
         if park is not None and not park.done():
             park.set_result(None)
@@ -125,15 +138,18 @@ class Driver:
                 self.stepping = False
             value = error = None
             while yielded is PARK:
-                park = self.loop.create_future()
+                park = _ParkFuture(loop=self.loop)
+                park.driver = self
                 self.park = park
                 self.outcome = None
+                self.waiting = True
                 try:
                     yield from park
                 except BaseException as exc:  # noqa: BLE001 - cancellation, forwarded into the handler
                     error = exc
                 finally:
                     self.park = None
+                    self.waiting = False
                 outcome, self.outcome = self.outcome, None
                 if outcome is None:
                     break  # cancelled while parked: `error` goes into the handler

@@ -52,8 +52,7 @@ class StreamProtocol(asyncio.Protocol):
         s.bytes_in += len(data)
         d = s._driver
         if d is not None and not s._buf:
-            park = d.park
-            if park is not None and not park.done() and not d.stepping:
+            if d.waiting and not d.stepping:
                 # The handler is parked on this stream with nothing buffered: hand the bytes over as
                 # they are and resume it here (see socketkit.net.driver).
                 s._handoff = data
@@ -65,8 +64,7 @@ class StreamProtocol(asyncio.Protocol):
             s._reading_paused = True
             s._transport.pause_reading()
         if d is not None:
-            park = d.park
-            if park is not None and not park.done() and not d.stepping:
+            if d.waiting and not d.stepping:
                 d.step_inline()
                 return
         w = s._read_waiter
