@@ -10,9 +10,11 @@ What travels where:
   nick in use elsewhere gets 433 at once; two nodes taking the same nick in the same instant both
   accept it locally, and the one whose SET NX loses drops its user ("Nickname collision").
 - Presence: one hash per node (`...:node:ID:users`, field uid -> the user, its channels and away
-  message; field "#channel" -> the shared state of a channel it has members in: topic, modes, key,
-  limit, bans, stamped with the time of their last change, so a node starting later adopts the newest
-  view; MODE, TOPIC, AWAY and INVITE also travel as live events), expiring
+  message) and one of channels (`...:node:ID:channels`, field folded name -> the shared state of a
+  channel it has members in: creation time, topic, modes, key, limit, bans, stamped with the time of
+  their last change). A node starting later adopts the newest view, and, as in TS6, the oldest
+  incarnation of a channel wins: ops handed out in a younger one (a node cut off from the others) lapse
+  (core_remote). MODE, TOPIC, AWAY and INVITE also travel as live events. Both hashes expire
   as a whole with the node's heartbeat, plus the set `...:nodes`. A node starting (or reconnecting)
   writes its hash, announces `sync`, and reads every other node's hash; the others re-read its hash on
   `sync`. A hash per node rather than per channel: one HSET per change, and expiry needs no per-field
@@ -170,6 +172,9 @@ class Backplane:
     def k_users(self, node: str) -> str:
         return f"{self.prefix}node:{node}:users"
 
+    def k_chans(self, node: str) -> str:
+        return f"{self.prefix}node:{node}:channels"
+
     def k_node(self, node: str) -> str:
         return f"{self.prefix}node:{node}"
 
@@ -198,7 +203,7 @@ class Backplane:
             try:
                 self.after_dispatch([])
                 conn.send_many([("PUBLISH", self.k_events, self._wire({"k": "bye"})),
-                                ("DEL", self.k_users(self.node), self.k_node(self.node)),
+                                ("DEL", self.k_users(self.node), self.k_chans(self.node), self.k_node(self.node)),
                                 ("SREM", self.k_nodes, self.node)])
                 await conn.call("PING", timeout=1.0)
             except (SocketkitError, OSError) as e:
@@ -280,13 +285,13 @@ class Backplane:
         """Subscribe, write our whole state, then load everyone else's (in stream order, see module doc)."""
         conn.stream.send_nowait(resp.encode_command("SUBSCRIBE", self.k_events))  # RESP3: answered by pushes
         me = self.node
-        cmds: list[tuple[Any, ...]] = [("DEL", self.k_users(me))]
+        cmds: list[tuple[Any, ...]] = [("DEL", self.k_users(me), self.k_chans(me))]
         local = [c for c in self.core.clients.values() if c.remote is None and c.registered and not c.closed]
         for c in local:
             cmds.append(("HSET", self.k_users(me), str(c.cid), json.dumps(core_remote.record(c))))
         for ch in {ch.folded: ch for c in local for ch in c.channels.values()}.values():
-            cmds.append(("HSET", self.k_users(me), "#" + ch.folded, json.dumps(core_remote.channel_record(ch))))
-        cmds += [("EXPIRE", self.k_users(me), int(self.ttl) + 1),
+            cmds.append(("HSET", self.k_chans(me), ch.folded, json.dumps(core_remote.channel_record(ch))))
+        cmds += [("EXPIRE", self.k_users(me), int(self.ttl) + 1), ("EXPIRE", self.k_chans(me), int(self.ttl) + 1),
                  ("SET", self.k_node(me), "1", "EX", int(self.ttl) + 1), ("SADD", self.k_nodes, me)]
         conn.send_many(cmds)
         self.claimed.clear()
@@ -319,19 +324,40 @@ class Backplane:
             raise BackplaneError("redis did not answer the sync in time", endpoint=self.endpoint) from None
 
     def _load(self, conn: _Conn, node: str) -> None:
-        """Read `node`'s presence hash and make our view of it match, at that point of the stream."""
-        def apply(reply: Any) -> None:
-            if isinstance(reply, resp.Error):
-                return
-            records = []
-            for raw in (reply or {}).values():
+        """Read `node`'s presence and channel hashes and make our view of it match, at that point of the
+        stream. Nothing in them can break the session: bad records are skipped, and a failure here is
+        logged, never raised into the connection's reader."""
+        channels: list[Any] = []
+
+        def decode(reply: Any) -> list[Any]:
+            out = []
+            for raw in (reply or {}).values() if isinstance(reply, dict) else ():
                 try:
-                    records.append(json.loads(raw))
+                    out.append(json.loads(raw))
                 except ValueError:
                     log.warning("backplane: bad presence record from node %s", node)
-            self.service.dispatch(core_remote.apply_snapshot(self.core, node, records))
+            return out
 
-        conn.send("HGETALL", self.k_users(node), cb=apply)
+        def got_channels(reply: Any) -> None:
+            if not isinstance(reply, resp.Error):
+                channels.extend(decode(reply))
+
+        def got_users(reply: Any) -> None:
+            if isinstance(reply, resp.Error):
+                return
+            try:
+                self.service.dispatch(core_remote.apply_snapshot(self.core, node, decode(reply), channels))
+                # Our own records of these channels may be stale now (we adopted a newer state, or lost
+                # to an older incarnation): rewrite them, for nodes that start later.
+                fold = self.core.fold
+                self.dirty_channels.update(fold(c["ch"]) for c in channels
+                                           if isinstance(c, dict) and isinstance(c.get("ch"), str))
+                self.after_dispatch([])
+            except Exception:  # noqa: BLE001 - see the docstring
+                log.exception("backplane: could not apply the state of node %s", node)
+
+        conn.send("HGETALL", self.k_chans(node), cb=got_channels)
+        conn.send("HGETALL", self.k_users(node), cb=got_users)
 
     def _claim(self, conn: _Conn, cid: Any, folded: str) -> None:
         key, owner = self.k_nick(folded), self._owner(cid)
@@ -361,7 +387,7 @@ class Backplane:
         ttl = int(self.ttl) + 1
         me = self.node
         cmds: list[tuple[Any, ...]] = [("SET", self.k_node(me), "1", "EX", ttl), ("SADD", self.k_nodes, me),
-                                       ("EXPIRE", self.k_users(me), ttl)]
+                                       ("EXPIRE", self.k_users(me), ttl), ("EXPIRE", self.k_chans(me), ttl)]
         cmds += [("EXPIRE", key, ttl) for key in self.claimed.values()]
         cmds.append(("PUBLISH", self.k_events, self._wire({"k": "hb", "ttl": self.ttl})))
         conn.send_many(cmds)
@@ -401,17 +427,21 @@ class Backplane:
                 if kind not in ("user", "quit") and (node, ev["u"]) not in core.clients:
                     self._resync(node)  # we missed this user's arrival: fetch the node's whole state
                 targets = []
+                resolve = core_remote.resolve
                 if kind == "kick":
-                    targets = [core.lookup_nick(ev.get("target", ""))]
+                    targets = [resolve(core, self.node, node, ev.get("ref"), ev.get("target"))]
                 elif kind == "mode":  # +o/+v given to our users change their presence records
-                    targets = [core.lookup_nick(str(a or "")) for _, m, a in ev.get("changes") or () if m in "ov"]
+                    for change in ev.get("changes") or ():
+                        if isinstance(change, list) and len(change) >= 3 and change[1] in ("o", "v"):
+                            targets.append(resolve(core, self.node, node, change[3] if len(change) > 3 else None,
+                                                   change[2]))
                 self.service.dispatch(core_remote.apply_event(core, self.node, node, ev))
                 rewrite = False
                 for target in targets:
                     if target is not None and target.remote is None:
                         self.dirty.add(target.cid)
                         rewrite = True
-                if kind in ("mode", "topic", "kick"):  # our record of the channel may be stale (or go) now
+                if kind in ("mode", "topic", "kick", "join"):  # our record of the channel may be stale now
                     self.dirty_channels.add(core.fold(str(ev.get("channel") or "")))
                     rewrite = True
                 if rewrite:
@@ -483,13 +513,14 @@ class Backplane:
                 batch.append(("HDEL", me, str(cid)))
         self.dirty.clear()
         channels = self.core.channels
+        chans = self.k_chans(self.node)
         for folded in self.dirty_channels:
             # A record per channel we have members in: what a node starting later learns its state from.
             ch = channels.get(folded)
             if ch is not None and any(m.remote is None for m in ch.members):
-                batch.append(("HSET", me, "#" + folded, json.dumps(core_remote.channel_record(ch))))
+                batch.append(("HSET", chans, folded, json.dumps(core_remote.channel_record(ch))))
             else:
-                batch.append(("HDEL", me, "#" + folded))
+                batch.append(("HDEL", chans, folded))
         self.dirty_channels.clear()
         self._batch, self._claims = [], []
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from socketkit.chat.core_info import prefix_of
-from socketkit.chat.core_state import Channel, Client, glob_match
+from socketkit.chat.core_state import Channel, Client, glob_match, ref
 from socketkit.proto.irc import Message, Numeric, truncate_utf8, valid_channel
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def join_one(core: ChatCore, c: Client, name: str, key: str | None) -> bool:
     c.channels[folded] = ch
     core.relay(ch.members, c, "JOIN", [ch.name])
     if core.federated:
-        core.emit("join", c, channel=ch.name, modes=ch.members[c])
+        core.emit("join", c, channel=ch.name, modes=ch.members[c], created=ch.created)
     if c.away:
         watchers = [m for m in ch.members if m is not c and "away-notify" in m.caps]
         core.relay(watchers, c, "AWAY", [c.away])
@@ -153,7 +153,8 @@ def cmd_topic(core: ChatCore, c: Client, msg: Message) -> None:
         return
     ch.topic = truncate_utf8(msg.params[1], core.limits.topiclen)
     ch.topic_by = c.nick or "*"
-    ch.topic_time = ch.stamp = core.clock()
+    ch.topic_time = core.clock()
+    ch.stamp = max(ch.topic_time, ch.stamp + 1e-6)
     core.relay(ch.members, c, "TOPIC", [ch.name, ch.topic])
     if core.federated:
         core.emit("topic", c, channel=ch.name, topic=ch.topic, time=ch.topic_time)
@@ -244,7 +245,7 @@ def cmd_kick(core: ChatCore, c: Client, msg: Message) -> None:
         core.relay(ch.members, c, "KICK", [ch.name, x.nick or "*", reason])
         core.remove_member(ch, x)
         if core.federated:
-            core.emit("kick", c, channel=ch.name, target=x.nick, reason=reason)
+            core.emit("kick", c, channel=ch.name, target=x.nick, ref=ref(x), reason=reason)
         if ch.folded not in core.channels:
             return
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from socketkit.chat.core_state import Channel, Client, normalize_mask
+from socketkit.chat.core_state import Channel, Client, normalize_mask, ref
 from socketkit.proto.irc import Message, Numeric
 
 if TYPE_CHECKING:
@@ -142,10 +142,12 @@ def channel_mode(core: ChatCore, c: Client, ch: Channel, modestr: str, args: lis
             core.num(c, N.ERR_UNKNOWNMODE, m, "is unknown mode char to me")
     if applied:
         if any(m not in "ov" for _, m, _ in applied):
-            ch.stamp = core.clock()
+            ch.stamp = max(core.clock(), ch.stamp + 1e-6)  # never behind a stamp adopted from a node
         core.relay(ch.members, c, "MODE", [ch.name, *render_modes(applied)])
-        if core.federated:
-            core.emit("mode", c, channel=ch.name, changes=applied, stamp=ch.stamp)
+        if core.federated:  # o/v name their target by reference too: its nick may change meanwhile
+            changes = [[sign, m, arg, ref(core.lookup_nick(arg)) if m in "ov" and arg else None]
+                       for sign, m, arg in applied]
+            core.emit("mode", c, channel=ch.name, changes=changes, stamp=ch.stamp)
 
 
 def _ban(core: ChatCore, c: Client, ch: Channel, sign: str, raw: str) -> str | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from socketkit.chat.core_modes import FLAG_MODES, render_modes
-from socketkit.chat.core_state import Channel, Client, Out
+from socketkit.chat.core_state import Channel, Client, Out, ref
 
 if TYPE_CHECKING:
     from socketkit.chat.core import ChatCore
@@ -65,19 +65,77 @@ def user(core: ChatCore, node: str, uid: Any, ident: Any) -> Client:
     return x
 
 
-def _join(core: ChatCore, x: Client, name: str, modes: str) -> None:
+TS_SLACK = 1e-3  # seconds: creation times closer than this are the same channel incarnation
+
+
+def _join(core: ChatCore, x: Client, name: str, modes: str, created: Any = None) -> None:
+    """Remote user `x` is in channel `name` with member modes `modes` ("", "o", "v", "ov"). `created` is
+    when the channel began on x's node: as in TS6, the older incarnation of a channel wins, and ops or
+    voices given in a younger one do not count (a node cut off from the network cannot hand out ops in a
+    channel that exists elsewhere); see lose_ts for our side being the younger."""
     folded = core.fold(name)
-    ch = x.channels.get(folded)
-    if ch is not None:
+    ch = core.channels.get(folded)
+    when = _float(created)
+    if ch is not None and when is not None:
+        if when > ch.created + TS_SLACK:
+            modes = ""  # x's side is the younger incarnation
+        elif when < ch.created - TS_SLACK:
+            lose_ts(core, ch, when)
+    elif ch is not None and when is None and modes and x.channels.get(folded) is None:
+        modes = ""  # a join that does not say which incarnation gives nothing
+    if x.channels.get(folded) is not None:
         ch.members[x] = modes
         return
-    ch = core.channels.get(folded)
     if ch is None:
-        ch = Channel(name, folded, core.clock(), modes=set(core.default_modes))
+        ch = Channel(name, folded, when if when is not None else core.clock(), modes=set(core.default_modes))
         core.channels[folded] = ch
     ch.members[x] = modes
     x.channels[folded] = ch
-    core.relay(_local(ch.members), x, "JOIN", [ch.name])
+    ch.invites.discard(x.folded or "")  # an invite is used up by the join it let in, on every node
+    local = _local(ch.members)
+    core.relay(local, x, "JOIN", [ch.name])
+    if x.away:
+        watchers = [m for m in local if "away-notify" in m.caps]
+        if watchers:
+            core.relay(watchers, x, "AWAY", [x.away])
+
+
+def lose_ts(core: ChatCore, ch: Channel, created: float) -> None:
+    """Another node's `ch` is older than ours: ours was a younger incarnation (made while we did not know
+    of theirs), so the ops and voices our members got in it lapse, and the older side's state is the
+    one to adopt (stamp reset: its record wins). Other nodes drop ours the same way (see _join)."""
+    ch.created = created
+    ch.stamp = 0.0
+    lapsed = []
+    for member, modes in list(ch.members.items()):
+        if member.remote is None and modes:
+            ch.members[member] = ""
+            lapsed.append((member, modes))
+    for member, modes in lapsed:
+        changes = [("-", m, member.nick) for m in modes]
+        core.relay(_local(ch.members), core.server_name, "MODE", [ch.name, *render_modes(changes)])
+        if core.federated:  # the other nodes still count them: tell them (the member as the source)
+            core.emit("mode", member, channel=ch.name, stamp=0.0,
+                      changes=[[sign, m, nick, ref(member)] for sign, m, nick in changes])
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if value == value and abs(value) < 1e12 else None
+
+
+def resolve(core: ChatCore, me: str, node: str, reference: Any, nick: Any) -> Client | None:
+    """The user an event from `node` names: by reference (core_state.ref) when it carries one, which
+    survives nick changes; by nick otherwise."""
+    if isinstance(reference, dict) and "u" in reference:
+        owner, uid = reference.get("n") or node, reference["u"]
+        if isinstance(uid, list):
+            uid = tuple(uid)
+        x = core.clients.get(uid if owner == me else (owner, uid))
+        return x if x is not None and not x.closed else None
+    return core.lookup_nick(str(nick or ""))
 
 
 def _part(core: ChatCore, x: Client, name: str, reason: str) -> None:
@@ -99,7 +157,7 @@ def apply_event(core: ChatCore, me: str, node: str, ev: dict[str, Any]) -> list[
         return core._flush()
     x = user(core, node, uid, ev["i"])
     if kind == "join":
-        _join(core, x, ev["channel"], ev.get("modes") or "")
+        _join(core, x, ev["channel"], str(ev.get("modes") or ""), ev.get("created"))
     elif kind == "part":
         _part(core, x, ev["channel"], ev.get("reason") or "")
     elif kind == "msg":
@@ -111,7 +169,7 @@ def apply_event(core: ChatCore, me: str, node: str, ev: dict[str, Any]) -> list[
             ch.stamp = max(ch.stamp, ch.topic_time)
             core.relay(_local(ch.members), x, "TOPIC", [ch.name, ch.topic])
     elif kind == "mode":
-        _mode(core, x, ev)
+        _mode(core, me, node, x, ev)
     elif kind == "away":
         x.away = str(ev.get("text") or "") or None
         watchers = [p for p in _local(core.peers(x)) if "away-notify" in p.caps]
@@ -128,44 +186,57 @@ def apply_event(core: ChatCore, me: str, node: str, ev: dict[str, Any]) -> list[
                 core.relay([target], x, "INVITE", [target.nick or "*", ch.name])
     elif kind == "kick":
         ch = core.lookup_channel(ev["channel"])
-        target = core.lookup_nick(ev["target"])
+        target = resolve(core, me, node, ev.get("ref"), ev.get("target"))
         if ch is not None and target is not None and target in ch.members:
             core.relay(_local(ch.members), x, "KICK", [ch.name, target.nick or "*", ev.get("reason") or ""])
             core.remove_member(ch, target)
     return core._flush()  # "user" and "nick": user() did it
 
 
-def _mode(core: ChatCore, x: Client, ev: dict[str, Any]) -> None:
+def _mode(core: ChatCore, me: str, node: str, x: Client, ev: dict[str, Any]) -> None:
     """A MODE that an operator on another node applied there (its node checked the privilege): the
-    same changes here, shown to the local members."""
-    ch = core.lookup_channel(ev["channel"])
+    same changes here, shown to the local members. Malformed changes are skipped one by one."""
+    ch = core.lookup_channel(str(ev.get("channel") or ""))
     if ch is None:
         return
     applied: list[tuple[str, str, str | None]] = []
-    for change in ev.get("changes") or ():
-        try:
-            sign, m, arg = change
-        except (TypeError, ValueError):
+    for change in (ev.get("changes") or ())[:64]:
+        if not isinstance(change, list) or len(change) < 3:
             continue
-        if sign not in "+-" or not isinstance(m, str) or len(m) != 1:
+        sign, m, arg = change[0], change[1], change[2]
+        reference = change[3] if len(change) > 3 else None
+        if sign not in ("+", "-") or not isinstance(m, str) or len(m) != 1:
+            continue
+        if arg is not None and (not isinstance(arg, str) or len(arg) > 512):
             continue
         if m in FLAG_MODES:
             (ch.modes.add if sign == "+" else ch.modes.discard)(m)
         elif m in "ov":
-            member = core.lookup_nick(str(arg or ""))
+            member = resolve(core, me, node, reference, arg)
             have = ch.members.get(member) if member is not None else None
-            if have is None:
+            if member is None or have is None:
                 continue
             ch.members[member] = "".join(sorted(set(have) | {m})) if sign == "+" else have.replace(m, "")
+            arg = member.nick  # as it is called here and now
         elif m == "k":
-            ch.key = str(arg) if sign == "+" and arg else None
-        elif m == "l":
-            try:
-                ch.limit = min(int(arg), 1_000_000) if sign == "+" else None
-            except (TypeError, ValueError):
+            if sign == "+" and (not arg or len(arg) > core.limits.keylen):
                 continue
+            ch.key = arg if sign == "+" else None
+        elif m == "l":
+            if sign == "+":
+                try:
+                    value = int(arg or "")
+                except ValueError:
+                    continue
+                if value <= 0:
+                    continue
+                ch.limit = min(value, 1_000_000)
+            else:
+                ch.limit = None
         elif m == "b":
             mask = str(arg or "")
+            if not mask or len(mask) > core.limits.masklen:
+                continue
             folded = core.fold(mask)
             if sign == "+" and folded not in ch.ban_folded and len(ch.bans) < core.limits.maxbans:
                 ch.bans.append((mask, x.nick or "*", core.clock()))
@@ -176,8 +247,10 @@ def _mode(core: ChatCore, x: Client, ev: dict[str, Any]) -> None:
             ch.ban_cache.clear()
         else:
             continue
-        applied.append((sign, m, None if arg is None else str(arg)))
-    ch.stamp = max(ch.stamp, float(ev.get("stamp") or 0.0))
+        applied.append((sign, m, arg))
+    stamp = _float(ev.get("stamp"))
+    if stamp is not None:
+        ch.stamp = max(ch.stamp, stamp)
     if applied:
         core.relay(_local(ch.members), x, "MODE", [ch.name, *render_modes(applied)])
 
@@ -189,29 +262,46 @@ def channel_record(ch: Channel) -> dict[str, Any]:
             "bans": [list(b) for b in ch.bans]}
 
 
-def apply_channel(core: ChatCore, rec: dict[str, Any]) -> None:
+def apply_channel(core: ChatCore, rec: Any) -> bool:
     """Adopt another node's view of a channel we also hold, if it is newer than ours (last writer wins,
-    by `stamp`); the creation time is the earliest any node saw."""
-    ch = core.lookup_channel(str(rec.get("ch") or ""))
-    if ch is None:
-        return
-    created = float(rec.get("created") or ch.created)
-    ch.created = min(ch.created, created)
-    stamp = float(rec.get("stamp") or 0.0)
+    by `stamp`; the older incarnation by `created` first, see _join). True when ours changed. A malformed
+    record changes nothing."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("ch"), str):
+        return False
+    ch = core.lookup_channel(rec["ch"])
+    created, stamp = _float(rec.get("created")), _float(rec.get("stamp"))
+    if ch is None or created is None or stamp is None:
+        return False
+    try:
+        topic, topic_by = str(rec.get("topic") or ""), str(rec.get("topic_by") or "")
+        topic_time = _float(rec.get("topic_time")) or 0.0
+        modes = {m for m in str(rec.get("modes") or "") if m in FLAG_MODES}
+        key = rec.get("key")
+        key = key if isinstance(key, str) and 0 < len(key) <= core.limits.keylen else None
+        limit = rec.get("limit")
+        limit = min(limit, 1_000_000) if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+        bans = []
+        for b in (rec.get("bans") or ())[: core.limits.maxbans]:
+            if isinstance(b, list) and len(b) == 3 and isinstance(b[0], str) and b[0] \
+                    and len(b[0]) <= core.limits.masklen:
+                bans.append((b[0], str(b[1]), _float(b[2]) or 0.0))
+    except (TypeError, ValueError):
+        return False
+    changed = False
+    if created < ch.created - TS_SLACK:
+        lose_ts(core, ch, created)
+        changed = True
+    elif created > ch.created + TS_SLACK:
+        return False  # a younger incarnation's state does not count
     if stamp <= ch.stamp:
-        return
+        return changed
     ch.stamp = stamp
-    ch.topic = str(rec.get("topic") or "")
-    ch.topic_by = str(rec.get("topic_by") or "")
-    ch.topic_time = float(rec.get("topic_time") or 0.0)
-    ch.modes = {m for m in str(rec.get("modes") or "") if m in FLAG_MODES}
-    ch.key = rec.get("key") or None
-    limit = rec.get("limit")
-    ch.limit = int(limit) if isinstance(limit, int) and limit > 0 else None
-    bans = [(str(b[0]), str(b[1]), float(b[2])) for b in rec.get("bans") or () if len(b) == 3]
-    ch.bans = bans[: core.limits.maxbans]
-    ch.ban_folded = [core.fold(b[0]) for b in ch.bans]
+    ch.topic, ch.topic_by, ch.topic_time = topic, topic_by, topic_time
+    ch.modes, ch.key, ch.limit = modes, key, limit
+    ch.bans = bans
+    ch.ban_folded = [core.fold(b[0]) for b in bans]
     ch.ban_cache.clear()
+    return True
 
 
 def _message(core: ChatCore, me: str, x: Client, ev: dict[str, Any]) -> None:
@@ -243,23 +333,35 @@ def _message(core: ChatCore, me: str, x: Client, ev: dict[str, Any]) -> None:
         core.history.append(ch.folded, msgid, when, x.prefix, command, text, stored)
 
 
-def apply_snapshot(core: ChatCore, node: str, records: list[dict[str, Any]]) -> list[Out]:
+def apply_snapshot(core: ChatCore, node: str, records: list[Any], channels: list[Any] = ()) -> list[Out]:
     """Make node `node`'s users exactly the user records ([{"u": uid, "i": ident, "c": {channel: modes},
-    "a": away}]), then adopt its channel records ({"ch": name, ...}: see channel_record) where newer."""
-    channels = [r for r in records if "ch" in r]
-    records = [r for r in records if "u" in r]
-    wanted = {(node, r["u"]): r for r in records}
+    "a": away}]) and adopt its channel records ({"ch": name, "created", "stamp", ...}: channel_record)
+    where they are newer. Malformed records are skipped."""
+    created: dict[str, Any] = {}
+    for rec in channels:
+        if isinstance(rec, dict) and isinstance(rec.get("ch"), str):
+            created[core.fold(rec["ch"])] = rec.get("created")
+    wanted = {}
+    for r in records:
+        if isinstance(r, dict) and "u" in r and isinstance(r.get("i"), list) and len(r["i"]) == 5:
+            uid = tuple(r["u"]) if isinstance(r["u"], list) else r["u"]
+            wanted[(node, uid)] = r
     for x in [x for x in core.clients.values() if x.remote == node and x.cid not in wanted]:
         core.drop(x, SPLIT_REASON, error=False)
     for (_, uid), rec in wanted.items():
         x = user(core, node, uid, rec["i"])
-        chans = {core.fold(name): (name, modes) for name, modes in (rec.get("c") or {}).items()}
+        chans = {}
+        raw = rec.get("c") if isinstance(rec.get("c"), dict) else {}
+        for name, modes in raw.items():
+            if isinstance(name, str) and name:
+                chans[core.fold(name)] = (name, modes if isinstance(modes, str) else "")
         for folded, ch in list(x.channels.items()):
             if folded not in chans:
                 _part(core, x, ch.name, "")
-        for name, modes in chans.values():
-            _join(core, x, name, modes)
-        x.away = rec.get("a") or None
+        for folded, (name, modes) in chans.items():
+            _join(core, x, name, modes, created.get(folded))
+        away = rec.get("a")
+        x.away = away if isinstance(away, str) and away else None
     for rec in channels:
         apply_channel(core, rec)
     return core._flush()

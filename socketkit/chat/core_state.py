@@ -147,6 +147,14 @@ class Channel:
     stamp: float = 0.0
 
 
+def ref(c: Client) -> dict[str, Any]:
+    """How an event names a user for other nodes, whatever its nick is by the time they read it: a user
+    of the sending node by its uid, a user of a third node by (node, uid). See core_remote.resolve."""
+    if c.remote is None:
+        return {"u": c.cid}
+    return {"n": c.remote, "u": c.cid[1]}
+
+
 def normalize_mask(mask: str) -> str:
     """nick -> nick!*@*, user@host -> *!user@host, nick!user -> nick!user@*."""
     if "!" not in mask and "@" not in mask:
