@@ -435,7 +435,12 @@ class Backplane:
                         if isinstance(change, list) and len(change) >= 3 and change[1] in ("o", "v"):
                             targets.append(resolve(core, self.node, node, change[3] if len(change) > 3 else None,
                                                    change[2]))
+                ch = core.lookup_channel(str(ev.get("channel") or "")) if kind == "join" else None
+                created = ch.created if ch is not None else None
                 self.service.dispatch(core_remote.apply_event(core, self.node, node, ev))
+                if ch is not None and created is not None and ch.created < created \
+                        and any(m.remote is None for m in ch.members):
+                    self._resync(node)  # our channel lost to its older incarnation there: adopt its state
                 rewrite = False
                 for target in targets:
                     if target is not None and target.remote is None:

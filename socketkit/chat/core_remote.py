@@ -46,8 +46,26 @@ def _rename(core: ChatCore, x: Client, nick: str) -> None:
         core.relay(peers, old_prefix, "NICK", [nick], account=x.account)
 
 
+_BAD_IN_NAMES = frozenset(" \r\n\0")
+
+
+def valid_ident(uid: Any, ident: Any) -> bool:
+    """A user as another node describes it: uid an int or a string, ident (nick, user, host, realname,
+    account) strings (account may be None), the nick non-empty and free of spaces and line breaks."""
+    if isinstance(uid, bool) or not isinstance(uid, (int, str)):
+        return False
+    if not isinstance(ident, list) or len(ident) != 5:
+        return False
+    nick, username, host, realname, account = ident
+    if not all(isinstance(v, str) for v in (nick, username, host, realname)):
+        return False
+    if account is not None and not isinstance(account, str):
+        return False
+    return bool(nick) and len(nick) <= 64 and not any(ch in _BAD_IN_NAMES for ch in nick + username + host)
+
+
 def user(core: ChatCore, node: str, uid: Any, ident: Any) -> Client:
-    """The remote user (node, uid), created or brought up to date with `ident`."""
+    """The remote user (node, uid), created or brought up to date with `ident` (see valid_ident)."""
     nick, username, host, realname, account = ident
     cid = (node, uid)
     x = core.clients.get(cid)
@@ -76,7 +94,13 @@ def _join(core: ChatCore, x: Client, name: str, modes: str, created: Any = None)
     folded = core.fold(name)
     ch = core.channels.get(folded)
     when = _float(created)
-    if ch is not None and when is not None:
+    if when is not None and when > core.clock() + 300:
+        when = None  # from the future: a clock off by that much cannot be trusted to order anything
+    if ch is not None and when is not None and not any(m.remote is None for m in ch.members):
+        # Only other nodes' members here: our copy is a mirror, perhaps a stale one kept through an
+        # outage; whoever has members decides how old the channel is (they settle it among themselves).
+        ch.created = when
+    elif ch is not None and when is not None:
         if when > ch.created + TS_SLACK:
             modes = ""  # x's side is the younger incarnation
         elif when < ch.created - TS_SLACK:
@@ -102,21 +126,49 @@ def _join(core: ChatCore, x: Client, name: str, modes: str, created: Any = None)
 
 def lose_ts(core: ChatCore, ch: Channel, created: float) -> None:
     """Another node's `ch` is older than ours: ours was a younger incarnation (made while we did not know
-    of theirs), so the ops and voices our members got in it lapse, and the older side's state is the
-    one to adopt (stamp reset: its record wins). Other nodes drop ours the same way (see _join)."""
+    of theirs). Its ops and voices lapse and its settings (modes, key, limit, bans, topic) go back to a
+    new channel's, shown to our members; the older side's state is then adopted from its record, whatever
+    that record's stamp. Other nodes drop our side's ops the same way (see _join)."""
     ch.created = created
-    ch.stamp = 0.0
+    ch.stamp = float("-inf")
+    local = _local(ch.members)
+    changes: list[tuple[str, str, str | None]] = []
+    for m in sorted(ch.modes - core.default_modes):
+        changes.append(("-", m, None))
+    for m in sorted(core.default_modes - ch.modes):
+        changes.append(("+", m, None))
+    ch.modes = set(core.default_modes)
+    if ch.key is not None:
+        changes.append(("-", "k", "*"))
+        ch.key = None
+    if ch.limit is not None:
+        changes.append(("-", "l", None))
+        ch.limit = None
+    changes += [("-", "b", mask) for mask, _, _ in ch.bans]
+    ch.bans, ch.ban_folded = [], []
+    ch.ban_cache.clear()
+    ch.topic, ch.topic_by, ch.topic_time = "", "", 0.0
     lapsed = []
     for member, modes in list(ch.members.items()):
         if member.remote is None and modes:
             ch.members[member] = ""
             lapsed.append((member, modes))
+            changes += [("-", m, member.nick) for m in modes]
+    if changes and local:
+        for i in range(0, len(changes), 12):  # a MODE line holds a bounded number of changes
+            core.relay(local, core.server_name, "MODE", [ch.name, *render_modes(changes[i:i + 12])])
     for member, modes in lapsed:
-        changes = [("-", m, member.nick) for m in modes]
-        core.relay(_local(ch.members), core.server_name, "MODE", [ch.name, *render_modes(changes)])
-        if core.federated:  # the other nodes still count them: tell them (the member as the source)
+        if core.federated:  # the other nodes may still count them: tell them (the member as the source)
             core.emit("mode", member, channel=ch.name, stamp=0.0,
-                      changes=[[sign, m, nick, ref(member)] for sign, m, nick in changes])
+                      changes=[["-", m, member.nick, ref(member)] for m in modes])
+
+
+def _member_modes(value: Any) -> str:
+    return "".join(sorted({m for m in value if m in "ov"})) if isinstance(value, str) else ""
+
+
+def _clean_text(text: str, limit: int) -> bool:
+    return len(text.encode()) <= limit and not any(ch in text for ch in "\r\n\0")
 
 
 def _float(value: Any) -> float | None:
@@ -150,6 +202,10 @@ def apply_event(core: ChatCore, me: str, node: str, ev: dict[str, Any]) -> list[
     """Apply one event of user `ev["u"]` on `node` (`me` is this node's id); returns the output."""
     kind = ev["k"]
     uid = ev["u"]
+    if isinstance(uid, list):
+        uid = tuple(uid)
+    if kind != "quit" and not valid_ident(uid, ev.get("i")):
+        return []
     if kind == "quit":
         x = core.clients.get((node, uid))
         if x is not None:
@@ -157,15 +213,17 @@ def apply_event(core: ChatCore, me: str, node: str, ev: dict[str, Any]) -> list[
         return core._flush()
     x = user(core, node, uid, ev["i"])
     if kind == "join":
-        _join(core, x, ev["channel"], str(ev.get("modes") or ""), ev.get("created"))
+        _join(core, x, str(ev.get("channel") or ""), _member_modes(ev.get("modes")), ev.get("created"))
     elif kind == "part":
         _part(core, x, ev["channel"], ev.get("reason") or "")
     elif kind == "msg":
         _message(core, me, x, ev)
     elif kind == "topic":
-        ch = core.lookup_channel(ev["channel"])
-        if ch is not None:
-            ch.topic, ch.topic_by, ch.topic_time = ev["topic"], x.nick or "*", float(ev.get("time") or core.clock())
+        ch = core.lookup_channel(str(ev.get("channel") or ""))
+        topic, when = ev.get("topic"), _float(ev.get("time"))
+        if ch is not None and isinstance(topic, str) and _clean_text(topic, core.limits.topiclen):
+            ch.topic, ch.topic_by = topic, x.nick or "*"
+            ch.topic_time = when if when is not None else core.clock()
             ch.stamp = max(ch.stamp, ch.topic_time)
             core.relay(_local(ch.members), x, "TOPIC", [ch.name, ch.topic])
     elif kind == "mode":
@@ -216,6 +274,8 @@ def _mode(core: ChatCore, me: str, node: str, x: Client, ev: dict[str, Any]) -> 
             have = ch.members.get(member) if member is not None else None
             if member is None or have is None:
                 continue
+            if (m in have) == (sign == "+"):
+                continue  # nothing changes here: nothing to show
             ch.members[member] = "".join(sorted(set(have) | {m})) if sign == "+" else have.replace(m, "")
             arg = member.nick  # as it is called here and now
         elif m == "k":
@@ -288,7 +348,11 @@ def apply_channel(core: ChatCore, rec: Any) -> bool:
     except (TypeError, ValueError):
         return False
     changed = False
-    if created < ch.created - TS_SLACK:
+    if created > core.clock() + 300:
+        return False  # from the future: see _join
+    if not any(m.remote is None for m in ch.members):
+        ch.created = created  # a mirror: see _join
+    elif created < ch.created - TS_SLACK:
         lose_ts(core, ch, created)
         changed = True
     elif created > ch.created + TS_SLACK:
@@ -343,9 +407,8 @@ def apply_snapshot(core: ChatCore, node: str, records: list[Any], channels: list
             created[core.fold(rec["ch"])] = rec.get("created")
     wanted = {}
     for r in records:
-        if isinstance(r, dict) and "u" in r and isinstance(r.get("i"), list) and len(r["i"]) == 5:
-            uid = tuple(r["u"]) if isinstance(r["u"], list) else r["u"]
-            wanted[(node, uid)] = r
+        if isinstance(r, dict) and valid_ident(r.get("u"), r.get("i")):
+            wanted[(node, r["u"])] = r
     for x in [x for x in core.clients.values() if x.remote == node and x.cid not in wanted]:
         core.drop(x, SPLIT_REASON, error=False)
     for (_, uid), rec in wanted.items():
@@ -354,7 +417,7 @@ def apply_snapshot(core: ChatCore, node: str, records: list[Any], channels: list
         raw = rec.get("c") if isinstance(rec.get("c"), dict) else {}
         for name, modes in raw.items():
             if isinstance(name, str) and name:
-                chans[core.fold(name)] = (name, modes if isinstance(modes, str) else "")
+                chans[core.fold(name)] = (name, _member_modes(modes))
         for folded, ch in list(x.channels.items()):
             if folded not in chans:
                 _part(core, x, ch.name, "")
