@@ -556,33 +556,3 @@ async def test_a_node_starting_later_learns_topic_and_modes(redis: Redis) -> Non
             assert away.params == ["brb"]
             await bob.close()
         await alice.close()
-
-
-async def test_a_younger_incarnation_made_during_an_outage_takes_the_older_ones_state(redis: Redis) -> None:
-    """B, cut off, makes its own #x (+k) while A's older #x is +i: once Redis is back B's settings lapse,
-    bob's @ too, and B enforces A's +i (adopted from A's record)."""
-    async with nodes(redis, 1) as (a,):
-        alice = await Client.open(a, "alice")
-        await join(alice, "#x")
-        await alice.send("MODE #x +i")
-        await alice.expect("MODE")
-        redis.stop()
-        await wait_for(lambda: a.service.backplane.conn is None, what="A noticing redis is gone")
-        async with nodes(redis, 1) as (b,):
-            bob = await Client.open(b, "bob")
-            await join(bob, "#x")
-            await bob.send("MODE #x +k sekrit")
-            await bob.expect("MODE")
-            redis.start()
-            await wait_for(lambda: b.service.backplane.connected.is_set() and knows(b, "alice"),
-                           what="B meeting A again")
-            await wait_for(lambda: (ch := b.core.lookup_channel("#x")) is not None and ch.key is None
-                           and "i" in ch.modes and b.core.lookup_nick("bob") in ch.members
-                           and "o" not in ch.members[b.core.lookup_nick("bob")],
-                           what="B dropping its own #x settings and bob's @, and adopting +i")
-            carol = await Client.open(b, "carol")
-            await carol.send("JOIN #x")
-            assert (await carol.expect_any(("473", "366"))).command == "473"
-            for c in (bob, carol):
-                await c.close()
-        await alice.close()

@@ -199,5 +199,13 @@ async def test_a_node_cut_off_from_redis_does_not_make_ops_of_the_network(redis:
                            what="A learning bob is on #x")
             bob_a = a.core.lookup_nick("bob")
             assert "o" not in a.core.lookup_channel("#x").members[bob_a], "A made bob an operator of #x"
+            # ... and B, whose #x was the younger incarnation, drops bob's @ and adopts A's +i
+            await wait_for(lambda: (ch := b.core.lookup_channel("#x")) is not None and "i" in ch.modes
+                           and "o" not in ch.members[b.core.lookup_nick("bob")],
+                           what="B dropping bob's @ and adopting +i")
+            carol = await Client.open(b, "carol")
+            await carol.send("JOIN #x")
+            assert (await carol.expect_any(("473", "366"))).command == "473"
+            await carol.close()
             await bob.close()
         await alice.close()
