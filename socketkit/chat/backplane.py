@@ -44,7 +44,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from socketkit.chat import core_remote, resp
+from socketkit.chat import core_remote, core_remote_channels, resp
 from socketkit.chat.core_state import Event
 from socketkit.errors import SocketkitError
 from socketkit.net.connect import connect
@@ -290,7 +290,7 @@ class Backplane:
         for c in local:
             cmds.append(("HSET", self.k_users(me), str(c.cid), json.dumps(core_remote.record(c))))
         for ch in {ch.folded: ch for c in local for ch in c.channels.values()}.values():
-            cmds.append(("HSET", self.k_chans(me), ch.folded, json.dumps(core_remote.channel_record(ch))))
+            cmds.append(("HSET", self.k_chans(me), ch.folded, json.dumps(core_remote_channels.channel_record(ch))))
         cmds += [("EXPIRE", self.k_users(me), int(self.ttl) + 1), ("EXPIRE", self.k_chans(me), int(self.ttl) + 1),
                  ("SET", self.k_node(me), "1", "EX", int(self.ttl) + 1), ("SADD", self.k_nodes, me)]
         conn.send_many(cmds)
@@ -427,7 +427,7 @@ class Backplane:
                 if kind not in ("user", "quit") and (node, ev["u"]) not in core.clients:
                     self._resync(node)  # we missed this user's arrival: fetch the node's whole state
                 targets = []
-                resolve = core_remote.resolve
+                resolve = core_remote_channels.resolve
                 if kind == "kick":
                     targets = [resolve(core, self.node, node, ev.get("ref"), ev.get("target"))]
                 elif kind == "mode":  # +o/+v given to our users change their presence records
@@ -523,7 +523,7 @@ class Backplane:
             # A record per channel we have members in: what a node starting later learns its state from.
             ch = channels.get(folded)
             if ch is not None and any(m.remote is None for m in ch.members):
-                batch.append(("HSET", chans, folded, json.dumps(core_remote.channel_record(ch))))
+                batch.append(("HSET", chans, folded, json.dumps(core_remote_channels.channel_record(ch))))
             else:
                 batch.append(("HDEL", chans, folded))
         self.dirty_channels.clear()
