@@ -198,7 +198,7 @@ class ServerConnection(ResponseWriter):
             self._req = None
             self._state = _IDLE
             self._upgrade_wait = False
-            self._blocked = self._dead or self._eof or self._stop or bool(self._manual)
+            self._blocked = self._dead or self._eof or self._stop or self._manual != 0
             self._holding = False
             self._sink = out = []
             return out
@@ -298,30 +298,6 @@ class ServerConnection(ResponseWriter):
         return data[len(chunk) :]
 
     # ---- llhttp callbacks --------------------------------------------------------------------
-
-    def _fast_request(self, request: Request) -> None:
-        """A whole body-less request parsed by http1_fast: the same state changes as the callbacks."""
-        # _set_current() and _message_done() written out: this runs once per request.
-        self._keep = keep = request.keep_alive
-        sink = self._sink
-        sink.append(request)
-        holding = self._holding
-        if not holding:
-            self._req = request
-            self._req_done = False
-            self._keep_alive = keep
-            self._state = _IDLE
-            self._continue_sent = False
-        if not keep:
-            self._stop = self._blocked = True
-        if self._draining:
-            self._draining = False
-            return
-        sink.append(END)
-        if not holding:
-            self._req_done = True
-            self._holding = True
-            self._sink = self._held
 
     def on_message_begin(self) -> None:
         self._idle = False

@@ -13,15 +13,20 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from socketkit.proto.http1_events import END, Request
+from socketkit.proto.http1_writer import _IDLE
 
 if TYPE_CHECKING:
     from socketkit.proto.http1 import ServerConnection
 
 _SIMPLE = re.compile(
     rb"(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS) "
-    rb"(/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*+) "  # origin-form only: RFC 3986 pchar, '/', '?'; no '#'
+    # origin-form only: RFC 3986 pchar and '/' in the path, '?' too in the query; no '#'
+    rb"((/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*+)(?:\?([A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*+))?) "
     rb"HTTP/1\.([01])\r\n"
-    rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]++:[\t\x20-\x7e\x80-\xff]*+\r\n)*+)"  # no obs-fold, CR, LF, NUL
+    # the header lines, without the last CRLF (so one split gives exactly the lines); no obs-fold, CR,
+    # LF, NUL
+    rb"(?:([!#$%&'*+.^_`|~0-9A-Za-z-]++:[\t\x20-\x7e\x80-\xff]*+"
+    rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]++:[\t\x20-\x7e\x80-\xff]*+)*+)\r\n)?"
     rb"\r\n"
 ).match
 # (Possessive repeats: no class above can match what follows it, so backtracking could never succeed;
@@ -35,6 +40,7 @@ _HOST = re.compile(rb"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-
 # Host values already found valid: a server sees the same few again and again (a set lookup is a tenth
 # of a regular expression call).
 _GOOD_HOSTS: set[bytes] = set()
+_new = object.__new__
 
 
 def try_simple(conn: ServerConnection, data: bytes) -> int:
@@ -45,7 +51,7 @@ def try_simple(conn: ServerConnection, data: bytes) -> int:
     end = m.end()
     if end > conn.max_header_size:
         return 0
-    method, target, minor, block = m.groups()
+    method, target, raw_path, query, minor, block = m.groups()
     if len(target) > conn.max_target_size:
         return 0
     version = _VERSIONS[minor]
@@ -54,8 +60,8 @@ def try_simple(conn: ServerConnection, data: bytes) -> int:
     keep_alive = version == "1.1"
     closing = False
     special = _NEEDS_FULL
-    if block:
-        for line in block.split(b"\r\n")[:-1]:
+    if block is not None:
+        for line in block.split(b"\r\n"):
             name, _, value = line.partition(b":")
             name = name.lower()
             value = value.strip(b" \t")
@@ -85,12 +91,51 @@ def try_simple(conn: ServerConnection, data: bytes) -> int:
             return 0
     if not host and version == "1.1":
         return 0
-    raw_path, _, query = target.partition(b"?")
+    if query is None:  # no "?" at all (an empty query after "?" is b"" already)
+        query = b""
     path = raw_path.decode("latin-1")
     if "%" in path:
         path = unquote(path)
-    request = Request(method, target, path, raw_path, query, version, headers, keep_alive, False, None)
-    conn._fast_request(request)
+    # Request(...) written out: the dataclass __init__ behind a type call costs three times what
+    # setting its ten slots on a bare instance does, and this runs once per request.
+    request = _new(Request)
+    request.method = method
+    request.target = target
+    request.path = path
+    request.raw_path = raw_path
+    request.query = query
+    request.http_version = version
+    request.headers = headers
+    request.keep_alive = keep_alive
+    request.expect_continue = False
+    request.upgrade = None
+    # The state changes the llhttp callbacks make for a whole body-less request (_set_current() and
+    # _message_done()), written out here for the same reason (no method call per request).
+    conn._keep = keep_alive
+    sink = conn._sink
+    sink.append(request)
+    if conn._holding:  # a pipelined request: the current one's response is not finished
+        if not keep_alive:
+            conn._stop = conn._blocked = True
+        if conn._draining:
+            conn._draining = False
+        else:
+            sink.append(END)
+        return end
+    conn._req = request
+    conn._req_done = False
+    conn._keep_alive = keep_alive
+    conn._state = _IDLE
+    conn._continue_sent = False
+    if not keep_alive:
+        conn._stop = conn._blocked = True
+    if conn._draining:
+        conn._draining = False
+        return end
+    sink.append(END)
+    conn._req_done = True
+    conn._holding = True
+    conn._sink = conn._held
     return end
 
 

@@ -73,7 +73,7 @@ _FIELDS: dict[tuple[int, tuple[object, ...]], _Fields] = {}
 
 
 def _fields(status: int, headers) -> _Fields:
-    """Status line + the app's header lines, checked; framing headers taken out for `_head` to decide.
+    """Status line + the app's header lines, checked; framing headers taken out for `response` to decide.
 
     Returns (status line + lines, Content-Length value, Transfer-Encoding value, Connection: close
     asked, the Content-Length line, its number)."""
@@ -163,35 +163,24 @@ class ResponseWriter:
 
         `extra` is header lines the server itself adds (Date, Server), already well-formed.
         """
-        return self._head(status, headers, None, extra)
+        return self.response(status, headers, None, extra)
 
-    def response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"",
+    def response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes | None = b"",
                  extra: bytes = b"") -> bytes:
-        """A whole response in one piece; Content-Length is added when the application gave none."""
-        head = self._head(status, headers, len(body), extra)
-        if self._mode != _LENGTH:
-            return head + self.body(body) + self.end()
-        # The common case, `body()` and `end()` written out: one response per request goes through here.
-        remaining = self._remaining
-        n = len(body)
-        if n > remaining:
-            raise LocalProtocolError(f"body longer than Content-Length (by {n - remaining})")
-        self._state = _DONE
-        if n < remaining:
-            self._remaining = remaining - n
-            self._keep_alive = False  # the client will wait for bytes that never come: close instead
-        else:
-            self._remaining = 0
-        return head + body if body else head
+        """A whole response in one piece; Content-Length is added when the application gave none.
 
-    def _head(self, status: int, headers, body_length: int | None, extra: bytes = b"") -> bytes:
+        (`body=None` gives the head alone: `response_head`. One method for both keeps the common case, a
+        whole response with a body of known length, one call deep.)
+        """
         req = self._req
         if req is None:
             raise LocalProtocolError("no request to respond to")
         if self._state != _IDLE:
             raise LocalProtocolError("the response head was already sent")
         if status < 200:
-            return self._informational(status, headers)
+            head = self._informational(status, headers)
+            return head if body is None else self._rest(head, body)
+        body_length = None if body is None else len(body)
         # Most apps answer with the same few header lists again and again: check and format each list
         # once. Keys are compared by value, so a cached entry can never stand for other headers.
         try:
@@ -246,8 +235,33 @@ class ResponseWriter:
             end = b"\r\n"
         self._keep_alive = keep
         self._mode = mode
+        if body is None:
+            self._state = _SENDING
+            return b"".join((prefix, extra, frame, end))
+        if mode == _LENGTH and body_length == self._remaining:
+            # The common case: the whole body, exactly as long as its framing says. The response ends
+            # here, in one join, without a copy of the head to append the body to.
+            self._remaining = 0
+            self._state = _DONE
+            return b"".join((prefix, extra, frame, end, body))
         self._state = _SENDING
-        return b"".join((prefix, extra, frame, end))
+        return self._rest(b"".join((prefix, extra, frame, end)), body)
+
+    def _rest(self, head: bytes, body: bytes) -> bytes:
+        """`response()` after its head, when the body is not simply all of a Content-Length."""
+        if self._mode != _LENGTH:
+            return head + self.body(body) + self.end()
+        remaining = self._remaining
+        n = len(body)
+        if n > remaining:
+            raise LocalProtocolError(f"body longer than Content-Length (by {n - remaining})")
+        self._state = _DONE
+        if n < remaining:
+            self._remaining = remaining - n
+            self._keep_alive = False  # the client will wait for bytes that never come: close instead
+        else:
+            self._remaining = 0
+        return head + body if body else head
 
     def _informational(self, status: int, headers) -> bytes:
         req = self._req
