@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from socketkit.proto import http1_fast
 from socketkit.proto.http1 import Data, EndOfMessage, Error, Request, ServerConnection
-from socketkit.web import http as web_http
 
 GET = b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n"
 
@@ -74,9 +73,11 @@ def test_whole_response_short_body_closes_and_long_body_is_refused() -> None:
 
 
 def test_date_line_follows_a_clock_that_steps_back(monkeypatch) -> None:
-    clock = web_http._Clock()
+    from socketkit.web import http_cycle
+
+    clock = http_cycle._Clock()
     now = [1_700_000_000.5]
-    monkeypatch.setattr(web_http, "_time", lambda: now[0])
+    monkeypatch.setattr(http_cycle, "_time", lambda: now[0])
     first = clock.extra(True)
     now[0] -= 3600  # NTP stepped the clock back an hour
     second = clock.extra(True)

@@ -1,0 +1,311 @@
+"""One HTTP request and its response on an ASGI connection: the `receive` and `send` callables the app
+gets (`Cycle`), and the Date/Server header lines shared by every response (`_Clock`).
+
+The connection loop that makes a Cycle per request is web/http.py's HTTPHandler; this module holds what
+runs while the app does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from socketkit.errors import ClosedError, DeadlineError, PeerResetError, SocketkitError
+from socketkit.net.stream import _SENT, Stream
+from socketkit.proto.http1 import (
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    Error,
+    LocalProtocolError,
+    Request,
+    ServerConnection,
+    error_response,
+)
+
+if TYPE_CHECKING:
+    from socketkit.web.http import HTTPHandler
+
+log = logging.getLogger("socketkit.web")
+access_log = logging.getLogger("socketkit.web.access")
+
+_DISCONNECT = {"type": "http.disconnect"}
+
+
+class _Clock:
+    """The header lines the server adds (Date, Server), formatted once a second, not once a response."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.since = self.until = 0.0  # `lines` hold for since <= time.time() < until
+        self.lines = self.lines_no_server = b""
+
+    def extra(self, server_header: bool) -> bytes:
+        if not self.since <= _time() < self.until:  # (the clock may also step back)
+            self.tick()
+        return self.lines if server_header else self.lines_no_server
+
+    def tick(self) -> None:
+        now = _time()
+        second = int(now)
+        self.since = float(second)
+        self.until = second + 1.0
+        if second != self.second:
+            self.second = second
+            date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(second)).encode()
+            self.lines_no_server = b"date: " + date + b"\r\n"
+            self.lines = self.lines_no_server + b"server: socketkit\r\n"
+
+
+_time = time.time
+_clock = _Clock()
+
+
+_time = time.time
+_clock = _Clock()
+
+
+class Cycle:
+    """One request and its response: the ASGI `receive` and `send` callables live here."""
+
+    __slots__ = ("handler", "stream", "conn", "request", "scope", "events", "index", "body_done",
+                 "started", "head_sent", "complete", "status", "headers", "disconnected", "response_done",
+                 "ready")
+
+    # No __init__: HTTPHandler.__call__ makes each one with object.__new__ and sets every slot itself,
+    # once per request. What they hold:
+    handler: HTTPHandler
+    stream: Stream
+    conn: ServerConnection
+    request: Request
+    scope: dict[str, Any]
+    events: list[Any]  # the parsed events of this request, read by `receive` from `index` on
+    index: int
+    ready: Awaitable[None]  # a done future: what `send` returns when nothing needs waiting for
+    body_done: bool  # the request body was read to its end
+    started: bool  # http.response.start was sent
+    head_sent: bool  # the response head went to the stream
+    complete: bool  # the response is whole (or given up on)
+    disconnected: bool  # `receive` has said http.disconnect
+    status: int
+    headers: Any
+    response_done: asyncio.Future[None] | None  # set when something waits for the response to end
+
+    def failed(self, exc: Exception) -> None:
+        if isinstance(exc, (PeerResetError, ClosedError, ConnectionError)):
+            self.stream.abort()
+            return
+        log.error("ASGI app raised an exception for %s %s", self.scope["method"], self.scope["path"],
+                  exc_info=exc)
+        self._fail("the application raised an exception")
+
+    def incomplete(self) -> None:
+        if not self.started:
+            log.error("ASGI app returned without starting a response for %s", self.scope["path"])
+        else:
+            log.error("ASGI app returned before its response was complete for %s", self.scope["path"])
+        self._fail("the application sent no complete response")
+
+    def ended(self) -> None:
+        if self.response_done is not None and not self.response_done.done():
+            self.response_done.set_result(None)
+
+    def _fail(self, why: str) -> None:
+        if self.stream.closed:
+            return
+        if not self.head_sent:
+            try:
+                self.stream.send_nowait(self.conn.response(
+                    500, [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")],
+                    b"Internal Server Error\n", _clock.extra(self.handler.server_header)))
+            except (SocketkitError, LocalProtocolError):
+                pass
+            self.stream.close()
+        elif self.complete:
+            # The response is whole (the app raised afterwards, e.g. in a background task): let what is
+            # still buffered reach the client, then close. abort() would truncate it.
+            self.stream.close()
+        else:
+            # Half a response is on the wire: the only honest ending is to cut the connection.
+            self.stream.abort()
+        self.complete = True
+
+    # -- ASGI receive -------------------------------------------------------------------------------
+    async def receive(self) -> dict[str, Any]:
+        if self.disconnected or (self.complete and self.body_done):
+            return _DISCONNECT
+        if self.body_done:
+            return await self._wait_disconnect()
+        conn = self.conn
+        if self.request.expect_continue and not self.head_sent:
+            cont = conn.continue_response()
+            if cont:
+                await self.stream.send(cont)
+        while True:
+            events = self.events
+            while self.index < len(events):
+                event = events[self.index]
+                self.index += 1
+                kind = type(event)
+                if kind is Data:
+                    return {"type": "http.request", "body": event.chunk, "more_body": True}
+                if kind is EndOfMessage:
+                    self.body_done = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+                if kind is ConnectionClosed or kind is Error:
+                    self.disconnected = True
+                    if kind is Error and not self.head_sent:
+                        self.head_sent = self.complete = True
+                        await self.stream.send(error_response(event.status, event.reason))
+                        self.stream.close()
+                    return _DISCONNECT
+            try:
+                data = await self.stream.receive(timeout=self.handler.request_timeout)
+            except DeadlineError:
+                self.disconnected = True
+                return _DISCONNECT
+            except (PeerResetError, ConnectionError, SocketkitError):
+                self.disconnected = True
+                return _DISCONNECT
+            self.events = conn.receive(data)
+            self.index = 0
+
+    async def _wait_disconnect(self) -> dict[str, Any]:
+        """After the body: block until the client goes away or our response is complete."""
+        loop = asyncio.get_running_loop()
+        if self.response_done is None:
+            self.response_done = loop.create_future()
+        reader = loop.create_task(self.stream.receive())
+        try:
+            await asyncio.wait({reader, self.response_done}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not reader.done():
+                reader.cancel()
+                try:
+                    await reader
+                except BaseException:  # noqa: BLE001 - cancelled on purpose
+                    pass
+        if reader.done() and not reader.cancelled():
+            exc = reader.exception()
+            data = reader.result() if exc is None else b""
+            if data:
+                # The next pipelined request, not a goodbye: keep it for later, and read no further
+                # (one read ahead at most) -- wait for our response to end or the connection to drop.
+                self.stream.unreceive(data)
+                lost = loop.create_task(self.stream.wait_lost())
+                try:
+                    await asyncio.wait({lost, self.response_done}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    lost.cancel()
+                if self.stream.closed:
+                    self.disconnected = True
+            else:
+                self.disconnected = True
+        return _DISCONNECT
+
+    # -- ASGI send ----------------------------------------------------------------------------------
+    def send(self, message: dict[str, Any]) -> Awaitable[None]:
+        # A plain method returning an awaitable: the common messages cost no coroutine. Apps always
+        # `await send(...)`, and errors are raised all the same, just one step earlier.
+        kind = message["type"]
+        if kind == "http.response.body":
+            if not self.started or self.complete:
+                raise RuntimeError(f"ASGI: {kind!r} " + ("before http.response.start" if not self.started
+                                                        else "after the response was complete"))
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            conn = self.conn
+            if not self.head_sent:
+                clock = _clock  # _clock.extra(), written out: once per response
+                if not clock.since <= _time() < clock.until:
+                    clock.tick()
+                extra = clock.lines if self.handler.server_header else clock.lines_no_server
+                if more:
+                    data = conn.response_head(self.status, self.headers, extra) + conn.body(body)
+                else:
+                    data = conn.response(self.status, self.headers, body, extra)
+                self.head_sent = True  # only now: a head refused above (bad header) still gets a 500
+            elif more:
+                data = conn.body(body)
+            else:
+                data = conn.body(body) + conn.end()
+            if not more:
+                self.complete = True  # _completed(), written out: once per response
+                done = self.response_done
+                if done is not None and not done.done():
+                    done.set_result(None)
+                if self.handler.access_log:
+                    self._log_access()
+            if data and not (self.disconnected and self.stream.closed):
+                sent = self.stream.send(data)
+                return self.ready if sent is _SENT else sent
+            return self.ready
+        if kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("ASGI: http.response.start sent twice")
+            self.started = True
+            self.status = message["status"]
+            self.headers = message.get("headers") or ()
+            return self.ready
+        if kind == "http.response.zerocopysend":
+            return self._zerocopy(message)
+        raise RuntimeError(f"ASGI: unexpected message type {kind!r} on an http connection")
+
+    def _completed(self) -> None:
+        self.complete = True
+        if self.response_done is not None and not self.response_done.done():
+            self.response_done.set_result(None)
+        if self.handler.access_log:
+            self._log_access()
+
+    async def _zerocopy(self, message: dict[str, Any]) -> None:
+        if not self.started or self.complete:
+            raise RuntimeError("ASGI: zerocopysend outside a response")
+        file = message["file"]
+        offset = message.get("offset")
+        count = message.get("count")
+        more = message.get("more_body", False)
+        conn = self.conn
+        if not self.head_sent:
+            head = conn.response_head(self.status, self.headers, _clock.extra(self.handler.server_header))
+            self.head_sent = True
+            await self.stream.send(head)
+        if self.request.method != b"HEAD" and self.status not in (204, 304):
+            if count is None:
+                import os
+
+                count = os.fstat(file.fileno()).st_size - (offset or 0)
+            if count:
+                await self._sendfile(file, offset or 0, count)
+        if not more:
+            tail = conn.end()
+            self._completed()
+            if tail:
+                await self.stream.send(tail)
+
+    async def _sendfile(self, file: Any, offset: int, count: int) -> None:
+        conn = self.conn
+        chunked = conn.chunked
+        if chunked:  # frame the whole file as one chunk
+            await self.stream.send(b"%x\r\n" % count)
+        sent = await self.stream.sendfile(file, offset, count)
+        if sent != count:
+            # The file shrank under us: the framing already promised `count` bytes, so the only honest
+            # ending is to cut the connection (a keep-alive would read our next response as body).
+            self.stream.abort()
+            raise LocalProtocolError(f"file shrank during sendfile: {sent} of {count} bytes sent")
+        if chunked:
+            await self.stream.send(b"\r\n")
+        else:
+            conn.body_sent_externally(count)
+
+    def _log_access(self) -> None:
+        client = self.scope.get("client")
+        who = f"{client[0]}:{client[1]}" if client else "-"
+        query = self.scope["query_string"]
+        target = self.scope["path"] + ("?" + query.decode("latin-1") if query else "")
+        access_log.info('%s - "%s %s HTTP/%s" %d', who, self.scope["method"], target,
+                        self.scope["http_version"], self.status)
