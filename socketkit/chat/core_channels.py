@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from socketkit.chat.core_info import prefix_of
+from socketkit.chat.core_info import notify_away, prefix_of
 from socketkit.chat.core_state import Channel, Client, glob_match, ref
 from socketkit.proto.irc import Message, Numeric, truncate_utf8, valid_channel
 
@@ -104,8 +104,7 @@ def join_one(core: ChatCore, c: Client, name: str, key: str | None) -> bool:
     if core.federated:
         core.emit("join", c, channel=ch.name, modes=ch.members[c], created=ch.created)
     if c.away:
-        watchers = [m for m in ch.members if m is not c and "away-notify" in m.caps]
-        core.relay(watchers, c, "AWAY", [c.away])
+        notify_away(core, ch.members, c)
     if ch.topic:
         send_topic(core, c, ch)
     send_names(core, c, ch)
@@ -154,7 +153,7 @@ def cmd_topic(core: ChatCore, c: Client, msg: Message) -> None:
     ch.topic = truncate_utf8(msg.params[1], core.limits.topiclen)
     ch.topic_by = c.nick or "*"
     ch.topic_time = core.clock()
-    ch.stamp = max(ch.topic_time, ch.stamp + 1e-6)
+    ch.touch(ch.topic_time)
     core.relay(ch.members, c, "TOPIC", [ch.name, ch.topic])
     if core.federated:
         core.emit("topic", c, channel=ch.name, topic=ch.topic, time=ch.topic_time)
@@ -212,9 +211,7 @@ def cmd_invite(core: ChatCore, c: Client, msg: Message) -> None:
     if x in ch.members:
         core.num(c, N.ERR_USERONCHANNEL, x.nick, ch.name, "is already on channel")
         return
-    if len(ch.invites) >= core.limits.max_invites:
-        ch.invites.pop()
-    ch.invites.add(x.folded or "")
+    ch.invite(x.folded or "", core.limits.max_invites)
     core.num(c, N.RPL_INVITING, x.nick, ch.name)
     if x.away:
         core.num(c, N.RPL_AWAY, x.nick, x.away)

@@ -4,6 +4,7 @@ VERSION, TIME, USERHOST, ISON."""
 from __future__ import annotations
 
 import time as _time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from socketkit.chat.core_state import Channel, Client, glob_match
@@ -101,9 +102,15 @@ def cmd_away(core: ChatCore, c: Client, msg: Message) -> None:
         core.num(c, N.RPL_UNAWAY, "You are no longer marked as being away")
     if core.federated:
         core.emit("away", c, text=text)
-    watchers = [p for p in core.peers(c) if "away-notify" in p.caps]
+    notify_away(core, core.peers(c), c)
+
+
+def notify_away(core: ChatCore, recipients: Iterable[Client], x: Client) -> None:
+    """x's AWAY state (its message, or none when back) to those of `recipients` on this node that asked
+    for away-notify: after AWAY itself, and after x joins a channel while away."""
+    watchers = [r for r in recipients if r is not x and r.remote is None and "away-notify" in r.caps]
     if watchers:
-        core.relay(watchers, c, "AWAY", [text] if text else [])
+        core.relay(watchers, x, "AWAY", [x.away] if x.away else [])
 
 
 def _status(core: ChatCore, c: Client, x: Client, ch: Channel | None) -> str:

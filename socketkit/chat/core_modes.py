@@ -99,8 +99,7 @@ def channel_mode(core: ChatCore, c: Client, ch: Channel, modestr: str, args: lis
             if have is None:
                 core.num(c, N.ERR_USERNOTINCHANNEL, x.nick, ch.name, "They aren't on that channel")
                 continue
-            if (m in have) != (sign == "+"):
-                ch.members[x] = "".join(sorted(set(have) | {m})) if sign == "+" else have.replace(m, "")
+            if ch.set_member_mode(x, sign, m):
                 applied.append((sign, m, x.nick))
         elif m == "k":
             assert arg is not None
@@ -142,7 +141,7 @@ def channel_mode(core: ChatCore, c: Client, ch: Channel, modestr: str, args: lis
             core.num(c, N.ERR_UNKNOWNMODE, m, "is unknown mode char to me")
     if applied:
         if any(m not in "ov" for _, m, _ in applied):
-            ch.stamp = max(core.clock(), ch.stamp + 1e-6)  # never behind a stamp adopted from a node
+            ch.touch(core.clock())
         core.relay(ch.members, c, "MODE", [ch.name, *render_modes(applied)])
         if core.federated:  # o/v name their target by reference too: its nick may change meanwhile
             changes = [[sign, m, arg, ref(core.lookup_nick(arg)) if m in "ov" and arg else None]
@@ -164,16 +163,9 @@ def _ban(core: ChatCore, c: Client, ch: Channel, sign: str, raw: str) -> str | N
         if len(ch.bans) >= core.limits.maxbans:
             core.num(c, N.ERR_BANLISTFULL, ch.name, mask, "Channel ban list is full")
             return None
-        ch.bans.append((mask, c.nick or "*", core.clock()))
-        ch.ban_folded.append(folded)
-    else:
-        if folded not in ch.ban_folded:
-            return None
-        i = ch.ban_folded.index(folded)
-        mask = ch.bans[i][0]
-        del ch.bans[i], ch.ban_folded[i]
-    ch.ban_cache.clear()
-    return mask
+        ch.add_ban(mask, folded, c.nick or "*", core.clock())
+        return mask
+    return ch.remove_ban(folded)
 
 
 def render_modes(applied: list[tuple[str, str, str | None]]) -> list[str]:

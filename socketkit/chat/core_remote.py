@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from socketkit.chat.core_info import notify_away
 from socketkit.chat.core_remote_channels import (
     TS_SLACK,
     _float,
+    _local,
     apply_channel,
     apply_mode,
     lose_ts,
@@ -28,10 +30,6 @@ if TYPE_CHECKING:
     from socketkit.chat.core import ChatCore
 
 SPLIT_REASON = "*.net *.split"
-
-
-def _local(members: Any) -> list[Client]:
-    return [m for m in members if m.remote is None]
 
 
 def _claim(core: ChatCore, x: Client) -> None:
@@ -123,9 +121,7 @@ def _join(core: ChatCore, x: Client, name: str, modes: str, created: Any = None)
     local = _local(ch.members)
     core.relay(local, x, "JOIN", [ch.name])
     if x.away:
-        watchers = [m for m in local if "away-notify" in m.caps]
-        if watchers:
-            core.relay(watchers, x, "AWAY", [x.away])
+        notify_away(core, local, x)
 
 
 def _member_modes(value: Any) -> str:
@@ -176,16 +172,12 @@ def apply_event(core: ChatCore, me: str, node: str, ev: dict[str, Any]) -> list[
         apply_mode(core, me, node, x, ev)
     elif kind == "away":
         x.away = str(ev.get("text") or "") or None
-        watchers = [p for p in _local(core.peers(x)) if "away-notify" in p.caps]
-        if watchers:
-            core.relay(watchers, x, "AWAY", [x.away] if x.away else [])
+        notify_away(core, core.peers(x), x)
     elif kind == "invite":
         ch = core.lookup_channel(ev["channel"])
         target = core.lookup_nick(ev.get("target") or "")
         if ch is not None and target is not None and target not in ch.members:
-            if len(ch.invites) >= core.limits.max_invites:
-                ch.invites.pop()
-            ch.invites.add(target.folded or "")
+            ch.invite(target.folded or "", core.limits.max_invites)
             if target.remote is None:
                 core.relay([target], x, "INVITE", [target.nick or "*", ch.name])
     elif kind == "kick":

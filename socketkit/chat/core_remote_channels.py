@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 
 def _local(members: Any) -> list[Client]:
+    """The members of this node (the ones a relay here can reach)."""
     return [m for m in members if m.remote is None]
 
 
@@ -101,9 +102,8 @@ def apply_mode(core: ChatCore, me: str, node: str, x: Client, ev: dict[str, Any]
             have = ch.members.get(member) if member is not None else None
             if member is None or have is None:
                 continue
-            if (m in have) == (sign == "+"):
+            if not ch.set_member_mode(member, sign, m):
                 continue  # nothing changes here: nothing to show
-            ch.members[member] = "".join(sorted(set(have) | {m})) if sign == "+" else have.replace(m, "")
             arg = member.nick  # as it is called here and now
         elif m == "k":
             if sign == "+" and (not arg or len(arg) > core.limits.keylen):
@@ -126,12 +126,9 @@ def apply_mode(core: ChatCore, me: str, node: str, x: Client, ev: dict[str, Any]
                 continue
             folded = core.fold(mask)
             if sign == "+" and folded not in ch.ban_folded and len(ch.bans) < core.limits.maxbans:
-                ch.bans.append((mask, x.nick or "*", core.clock()))
-                ch.ban_folded.append(folded)
-            elif sign == "-" and folded in ch.ban_folded:
-                i = ch.ban_folded.index(folded)
-                del ch.bans[i], ch.ban_folded[i]
-            ch.ban_cache.clear()
+                ch.add_ban(mask, folded, x.nick or "*", core.clock())
+            elif sign == "-":
+                ch.remove_ban(folded)
         else:
             continue
         applied.append((sign, m, arg))

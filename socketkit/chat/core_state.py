@@ -146,6 +146,39 @@ class Channel:
     # changed it: several nodes' views of a channel are reconciled newest-first (see core_remote).
     stamp: float = 0.0
 
+    def touch(self, now: float) -> None:
+        """The shared state changed here at `now`: never stamped behind a stamp adopted from a node."""
+        self.stamp = max(now, self.stamp + 1e-6)
+
+    def set_member_mode(self, member: Client, sign: str, mode: str) -> bool:
+        """+o/-o/+v/-v on a member; False when it already was so."""
+        have = self.members[member]
+        if (mode in have) == (sign == "+"):
+            return False
+        self.members[member] = "".join(sorted(set(have) | {mode})) if sign == "+" else have.replace(mode, "")
+        return True
+
+    def add_ban(self, mask: str, folded: str, by: str, when: float) -> None:
+        self.bans.append((mask, by, when))
+        self.ban_folded.append(folded)
+        self.ban_cache.clear()
+
+    def remove_ban(self, folded: str) -> str | None:
+        """Lift the ban whose folded mask is `folded`; its mask as it was set, or None if there is none."""
+        if folded not in self.ban_folded:
+            return None
+        i = self.ban_folded.index(folded)
+        mask = self.bans[i][0]
+        del self.bans[i], self.ban_folded[i]
+        self.ban_cache.clear()
+        return mask
+
+    def invite(self, folded_nick: str, limit: int) -> None:
+        """Remember an invitation, the oldest forgotten past `limit`."""
+        if len(self.invites) >= limit:
+            self.invites.pop()
+        self.invites.add(folded_nick)
+
 
 def ref(c: Client) -> dict[str, Any]:
     """How an event names a user for other nodes, whatever its nick is by the time they read it: a user
