@@ -75,15 +75,16 @@ def _process_token() -> str:
 
 async def _submit(copies: list[tuple[Maildir, bytes]], limiter: asyncio.Semaphore | None) -> list[str]:
     """Queue one delivery (its copies all or nothing) on the committer; the message ids, in order."""
-    loop = asyncio.get_running_loop()
     if limiter is None:
-        job, fut = commit.settler(loop).job(copies)
-        commit.committer().submit(job)
-        return await fut
+        return await _queue(copies)
     async with limiter:
-        job, fut = commit.settler(loop).job(copies)
-        commit.committer().submit(job)
-        return await fut
+        return await _queue(copies)
+
+
+def _queue(copies: list[tuple[Maildir, bytes]]) -> asyncio.Future[list[str]]:
+    job, fut = commit.settler(asyncio.get_running_loop()).job(copies)
+    commit.committer().submit(job)
+    return fut
 
 
 def _check_id(message_id: str) -> str:
