@@ -323,6 +323,15 @@ def summarize(bench: str, names: Sequence[str], runs: dict, skipped: dict[str, s
     return results
 
 
+def run_main(main) -> None:
+    """A benchmark's entry point: its exit status, and 130 with one line on Ctrl-C (no traceback)."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 

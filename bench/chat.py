@@ -50,6 +50,7 @@ from _common import (  # noqa: E402
     note,
     python_version,
     ratio_line,
+    run_main,
     run_options,
     server_process,
     target_verdict,
@@ -484,8 +485,4 @@ def _has(module: str) -> bool:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

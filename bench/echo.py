@@ -42,6 +42,7 @@ from _common import (  # noqa: E402
     python_version,
     ratio_line,
     result_line,
+    run_main,
     run_options,
     server_process,
     split_cpus,
@@ -449,8 +450,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

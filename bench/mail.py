@@ -49,6 +49,7 @@ from _common import (  # noqa: E402
     note,
     python_version,
     ratio_line,
+    run_main,
     run_options,
     server_process,
     summarize,
@@ -392,8 +393,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)
