@@ -221,17 +221,7 @@ class Committer:
     def _run(self) -> None:
         while True:
             batch = self._take()
-            try:
-                self._commit(batch)
-            except BaseException as exc:  # noqa: BLE001 - a bug here must not leave clients waiting forever
-                log.exception("maildir committer: batch failed")
-                error = exc if isinstance(exc, OSError) else OSError(f"delivery failed: {exc!r}")
-                for job in batch:
-                    for new_dir in job.fail(error):
-                        try:
-                            fsync_dir(new_dir)
-                        except OSError:
-                            pass
+            self._commit(batch)
             self._settle(batch)
 
     # -- the protocol, for a whole batch ------------------------------------------------------------
@@ -243,6 +233,11 @@ class Committer:
         self._unpublished: set[Path] = set()
         try:
             self._commit_steps(batch)
+        except BaseException as exc:  # noqa: BLE001 - a bug here must not leave clients waiting forever
+            log.exception("maildir committer: batch failed")
+            error = exc if isinstance(exc, OSError) else OSError(f"delivery failed: {exc!r}")
+            for job in batch:
+                self._fail(job, error)
         finally:
             for new_dir in self._unpublished:  # files were taken out of it again: make that stick
                 try:
