@@ -351,30 +351,19 @@ class Backplane:
             else:
                 if kind not in ("user", "quit") and (node, ev["u"]) not in core.clients:
                     self._resync(node)  # we missed this user's arrival: fetch the node's whole state
-                targets = []
-                resolve = core_remote_channels.resolve
-                if kind == "kick":
-                    targets = [resolve(core, self.node, node, ev.get("ref"), ev.get("target"))]
-                elif kind == "mode":  # +o/+v given to our users change their presence records
-                    for change in ev.get("changes") or ():
-                        if isinstance(change, list) and len(change) >= 3 and change[1] in ("o", "v"):
-                            targets.append(resolve(core, self.node, node, change[3] if len(change) > 3 else None,
-                                                   change[2]))
-                ch = core.lookup_channel(str(ev.get("channel") or "")) if kind == "join" else None
+                ch = core.lookup_channel(str(ev.get("channel") or "")) if kind in ("join", "mode", "kick") else None
                 created = ch.created if ch is not None else None
+                # Our users' memberships in the channel, to see which ones the event changed (a remote
+                # +o/-v or KICK): their presence records must be rewritten.
+                before = {m: modes for m, modes in ch.members.items() if m.remote is None} \
+                    if ch is not None and kind != "join" else {}
                 self.service.dispatch(core_remote.apply_event(core, self.node, node, ev))
-                if ch is not None and created is not None and ch.created < created \
+                if kind == "join" and ch is not None and ch.created < created \
                         and any(m.remote is None for m in ch.members):
                     self._resync(node)  # our channel lost to its older incarnation there: adopt its state
-                rewrite = False
-                for target in targets:
-                    if target is not None and target.remote is None:
-                        self.dirty.add(target.cid)
-                        rewrite = True
+                self.dirty.update(m.cid for m, modes in before.items() if ch.members.get(m) != modes)
                 if kind in ("mode", "topic", "kick", "join"):  # our record of the channel may be stale now
                     self.dirty_channels.add(core.fold(str(ev.get("channel") or "")))
-                    rewrite = True
-                if rewrite:
                     self.after_dispatch([])
         except Exception:  # noqa: BLE001 - one bad event must not cut the connection
             log.exception("backplane: could not apply a %r event from node %s", kind, node)
