@@ -21,16 +21,17 @@ if TYPE_CHECKING:
 _SIMPLE = re.compile(
     rb"(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS) "
     # origin-form only: RFC 3986 pchar and '/' in the path, '?' too in the query; no '#'
-    rb"((/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*+)(?:\?([A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*+))?) "
+    rb"((/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*)(?:\?([A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*))?) "
     rb"HTTP/1\.([01])\r\n"
     # the header lines, without the last CRLF (so one split gives exactly the lines); no obs-fold, CR,
     # LF, NUL
-    rb"(?:([!#$%&'*+.^_`|~0-9A-Za-z-]++:[\t\x20-\x7e\x80-\xff]*+"
-    rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]++:[\t\x20-\x7e\x80-\xff]*+)*+)\r\n)?"
+    rb"(?:([!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*"
+    rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*)*)\r\n)?"
     rb"\r\n"
 ).match
-# (Possessive repeats: no class above can match what follows it, so backtracking could never succeed;
-# saying so spares the engine its bookkeeping.)
+# Plain greedy repeats, never possessive ones (`*+`, `++`) or atomic groups: CPython 3.11 before 3.11.5
+# mis-matches those (gh-106052 and kin: Debian 12's 3.11.2 captured b'a' for 'Host: a.example'). No
+# class above can match the character that follows it, so backtracking stays linear all the same.
 # Headers that change framing or the connection's fate: left to the full parser, except Connection's
 # two plain values.
 _NEEDS_FULL = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))

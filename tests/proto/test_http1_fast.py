@@ -95,3 +95,24 @@ def test_common_requests_take_the_fast_path(monkeypatch):
         events = conn.receive(req)
         assert calls[-1] == len(req), req
         assert len(events) == 2
+
+
+def test_fast_path_captures_whole_values():
+    """The captures themselves, not only the verdict: CPython 3.11.2's possessive repeats cut them short."""
+    req = (b"GET /a/b%20c?x=1&y=%2F HTTP/1.1\r\nHost: a.example\r\nUser-Agent: curl/8.0\r\n"
+           b"Accept: */*\r\n\r\n")
+    m = http1_fast._SIMPLE(req)
+    assert m is not None and m.end() == len(req)
+    method, target, raw_path, query, minor, block = m.groups()
+    assert (method, target, raw_path, query, minor) == (
+        b"GET", b"/a/b%20c?x=1&y=%2F", b"/a/b%20c", b"x=1&y=%2F", b"1")
+    assert block == b"Host: a.example\r\nUser-Agent: curl/8.0\r\nAccept: */*"
+    for host in (b"a.example", b"[::1]:80", b"127.0.0.1:8080", b"example.org"):
+        http1_fast._GOOD_HOSTS.clear()
+        conn = ServerConnection()
+        data = b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+        assert http1_fast.try_simple(conn, data) == len(data)
+        assert conn.receive(b"") is not None
+        assert http1_fast._GOOD_HOSTS == {host}
+        req_ = conn.request
+        assert (b"host", host) in req_.headers
