@@ -82,3 +82,19 @@ class DatagramTooLargeError(LimitError):
 
 class TLSError(SocketkitError):
     """A TLS handshake or certificate check failed; the message says why."""
+
+
+class PeerError(SocketkitError):
+    """A peer-to-peer exchange (socketkit peer, magic-wormhole's protocol) failed; the message says why."""
+
+
+class WrongCodeError(PeerError):
+    """The two sides used different codes: the key confirmation (the versions phase) failed."""
+
+
+class PeerProtocolError(PeerError):
+    """The mailbox server, the other side or the transit peer broke the protocol (bad JSON, a bad record...)."""
+
+
+class TransferError(PeerError):
+    """The transfer was refused or did not complete (the other side said no, left, or sent the wrong size)."""

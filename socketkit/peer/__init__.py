@@ -1,0 +1,1 @@
+"""peer: direct exchange of files and messages between devices, speaking magic-wormhole's protocol."""
