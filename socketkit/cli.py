@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("path")
     c.set_defaults(run=_cmd_cert_show)
     p.add_argument("--dir", help="where certificates live (default: the data directory)")
+
+    from socketkit import cli_peer
+
+    cli_peer.add_parsers(sub)
     return parser
 
 

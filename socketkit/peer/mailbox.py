@@ -11,7 +11,7 @@ from socketkit.errors import DeadlineError, PeerError, WrongCodeError
 from socketkit.peer.websocket import WebSocketClient
 from socketkit.proto import wormhole as wh
 
-PUBLIC_MAILBOX = "ws://relay.magic-wormhole.io:4000/v1"
+from socketkit.peer import PUBLIC_MAILBOX
 
 
 class MailboxSession:

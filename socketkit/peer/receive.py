@@ -114,8 +114,14 @@ async def _receive_file(session: MailboxSession, transit: Transit, offer: Offer,
         files.check_space(out, offer)
     except TransferError as e:
         raise await _refuse(session, str(e)) from None
-    if confirm is not None and not await confirm(offer, target):
-        raise await _refuse(session, "transfer rejected")
+    if confirm is not None:
+        try:
+            accepted = await confirm(offer, target)
+        except BaseException:
+            await _refuse(session, "transfer rejected")
+            raise
+        if not accepted:
+            raise await _refuse(session, "transfer rejected")
     if overwrite and (target.exists() or target.is_symlink()):
         try:
             files.remove_existing(target)

@@ -27,7 +27,7 @@ from socketkit.proto.wormhole_transfer import Hint, transit_message
 
 log = logging.getLogger("socketkit.peer")
 
-PUBLIC_RELAY = "tcp://transit.magic-wormhole.io:4001"
+from socketkit.peer import PUBLIC_RELAY
 RELAY_DELAY = 2.0
 ATTEMPT_TIMEOUT = 20.0
 # Big buffers: a transfer is throughput-bound, and these bound memory per connection all the same.
