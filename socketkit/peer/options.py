@@ -52,6 +52,7 @@ class Result:
     records: str = ""         # the record layer used
     text: str = ""
     path: str = ""            # where it was written (receiver)
+    wire_bytes: int = 0       # bytes that crossed the transit connection in our direction of interest
 
 
 __all__ = ["PeerOptions", "Result"]

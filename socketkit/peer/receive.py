@@ -152,7 +152,7 @@ async def _receive_data(pipe: Pipe, offer: Offer, part: Path, target: Path, have
             raise PeerProtocolError(f"the sender wants to resume at byte {offset}, we have {have}")
         pipe.use(layer)
     hasher = hashlib.sha256()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(part, flags, 0o666)  # the umask decides, as for any file a program writes
     with os.fdopen(fd, "r+b") as f:
         if offset:
@@ -204,7 +204,7 @@ async def _receive_data(pipe: Pipe, offer: Offer, part: Path, target: Path, have
     await pipe.send_record(xfer.ack_record(digest))
     progress.close("received", digest)
     return Result(code, offer.kind, offer.name, offer.size, digest, offset, time.monotonic() - started,
-                  pipe.description, layer, path=str(target))
+                  pipe.description, layer, path=str(target), wire_bytes=pipe.stream.bytes_in)
 
 
 __all__ = ["Confirm", "receive"]

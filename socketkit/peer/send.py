@@ -146,7 +146,7 @@ async def _send_data(pipe: Pipe, outgoing: Outgoing, answer: xfer.Answer, common
         raise TransferError(f"the receiver got different bytes: sha256 {theirs}, sent {digest}")
     progress.close("sent", digest)
     return Result(code, outgoing.offer.kind, outgoing.offer.name, size, digest, offset,
-                  time.monotonic() - started, pipe.description, layer)
+                  time.monotonic() - started, pipe.description, layer, wire_bytes=pipe.stream.bytes_out)
 
 
 __all__ = ["send"]

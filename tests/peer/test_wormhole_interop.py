@@ -8,15 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
-from wormhole_support import finish, reference_servers, socketkit, tree_digest, wormhole
+from wormhole_support import finish, servers, socketkit, tree_digest, wormhole  # noqa: F401 - servers: fixture
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    with reference_servers(tmp_path_factory.mktemp("wormhole-servers")) as urls:
-        yield urls
 
 
 def _sk_flags(mailbox: str, relay: str, relayed: bool) -> list[str]:
