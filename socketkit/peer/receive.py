@@ -20,6 +20,7 @@ from socketkit.errors import IncompleteReadError, PeerError, PeerProtocolError, 
 from socketkit.peer import files
 from socketkit.peer.mailbox import MailboxSession, mood_for
 from socketkit.peer.options import PeerOptions, Result
+from socketkit.peer.pipeline import Sink
 from socketkit.peer.progress import Progress, human
 from socketkit.peer.transit import Pipe, Transit, relay_hint
 from socketkit.proto import wormhole_transfer as xfer
@@ -170,17 +171,20 @@ async def _receive_data(pipe: Pipe, offer: Offer, part: Path, target: Path, have
         started = time.monotonic()
         got = offset
         size = offer.size
-        write, update, receive = f.write, hasher.update, pipe.receive_record
+        sink = Sink(f, hasher)
+        receive = pipe.receive_record
         try:
-            while got < size:
-                record = await receive(timeout=opts.timeout)
-                if got + len(record) > size:
-                    raise Overshoot(f"the sender sent more than the {size:,} bytes it offered; "
-                                            "nothing past the offered size was kept")
-                write(record)
-                update(record)
-                got += len(record)
-                progress.update(len(record))
+            try:
+                while got < size:
+                    record = await receive(timeout=opts.timeout)
+                    if got + len(record) > size:
+                        raise Overshoot(f"the sender sent more than the {size:,} bytes it offered; "
+                                        "nothing past the offered size was kept")
+                    await sink.put(record)
+                    got += len(record)
+                    progress.update(len(record))
+            finally:
+                await sink.finish()  # what arrived is on disk, whole, before anything else happens
         except Overshoot:
             raise
         except (IncompleteReadError, PeerError, OSError, TimeoutError) as e:

@@ -15,6 +15,7 @@ from socketkit.errors import PeerError, TransferError
 from socketkit.peer.files import Outgoing, offer_for
 from socketkit.peer.mailbox import MailboxSession, mood_for
 from socketkit.peer.options import PeerOptions, Result
+from socketkit.peer.pipeline import Source
 from socketkit.peer.progress import Progress
 from socketkit.peer.transit import Pipe, Transit, relay_hint
 from socketkit.proto import wormhole_transfer as xfer
@@ -123,17 +124,18 @@ async def _send_data(pipe: Pipe, outgoing: Outgoing, answer: xfer.Answer, common
     started = time.monotonic()
     f.seek(offset)
     remaining = size - offset
-    read = f.read
+    source = Source(f, hasher, remaining, record_size)
     send_record = pipe.send_record
-    update = hasher.update
-    while remaining > 0:
-        chunk = read(min(record_size, remaining))
-        if not chunk:
-            raise TransferError(f"{outgoing.label} shrank while it was being sent")
-        update(chunk)
-        await send_record(chunk)
-        progress.update(len(chunk))
-        remaining -= len(chunk)
+    try:
+        while remaining > 0:
+            chunk = await source.next()
+            if not chunk:
+                raise TransferError(f"{outgoing.label} shrank while it was being sent")
+            await send_record(chunk)
+            progress.update(len(chunk))
+            remaining -= len(chunk)
+    finally:
+        source.close()
     digest = hasher.hexdigest()
     try:
         ack = await pipe.receive_record(timeout=opts.wait)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shutil
 import subprocess
 import sys
@@ -35,28 +34,22 @@ def tool(name: str) -> str:
 
 @contextmanager
 def twistd(plugin: str, *args: str, cwd: Path) -> Iterator[int]:
-    """Run a twistd plugin on 127.0.0.1 port 0 and yield the port it logged."""
-    proc = subprocess.Popen([tool("twistd"), "-n", "--pidfile=", plugin, "--port", "tcp:0:interface=127.0.0.1", *args],
-                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """Run a twistd plugin on 127.0.0.1 port 0 and yield the port it logged. Its log goes to a file (a pipe
+    nobody reads would fill up and stall it)."""
+    log = cwd / f"{plugin}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([tool("twistd"), "-n", "--pidfile=", plugin, "--port", "tcp:0:interface=127.0.0.1",
+                                 *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
-        seen = []
         port = None
-        assert proc.stdout is not None
-        while port is None and time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            m = re.search(r"starting on (\d+)", line)
+        while port is None and time.monotonic() < deadline and proc.poll() is None:
+            m = re.search(rb"starting on (\d+)", log.read_bytes())
             if m:
                 port = int(m.group(1))
-        assert port is not None, f"{plugin} did not start:\n{''.join(seen)[-3000:]}"
+            else:
+                time.sleep(0.02)
+        assert port is not None, f"{plugin} did not start:\n{log.read_text(errors='replace')[-3000:]}"
         yield port
     finally:
         proc.terminate()
