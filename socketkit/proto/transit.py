@@ -83,8 +83,6 @@ class Handshake:
     def feed(self, data: bytes) -> bytes:
         """Take bytes; returns what followed the end of the handshake (records), else b""."""
         self._buf += data
-        if len(self._buf) > 4096:
-            raise HandshakeFailed("transit handshake longer than 4096 bytes")
         if self.state == "relay":
             if not self._expect(b"ok\n"):
                 return b""
@@ -105,6 +103,9 @@ class Handshake:
         if self.state in ("ready", "done"):
             rest, self._buf = self._buf, b""
             return rest
+        # Bound only what is still buffered: records may follow the handshake in the same read.
+        if len(self._buf) > 4096:
+            raise HandshakeFailed("transit handshake longer than 4096 bytes")
         return b""
 
     def decide(self, go: bool) -> None:

@@ -215,7 +215,7 @@ class Wormhole:
             raise PeerProtocolError(f"mailbox message of {len(text)} bytes (at most {MAX_MESSAGE_BYTES})")
         try:
             msg = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # deep nesting raises RecursionError
             raise PeerProtocolError(f"mailbox server sent something that is not JSON: {exc}") from None
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
             raise PeerProtocolError("mailbox server sent a message without a type")
@@ -273,6 +273,7 @@ class Wormhole:
     def _rx_message(self, msg: dict[str, Any]) -> list[object]:
         side, phase, body_hex = msg.get("side"), msg.get("phase"), msg.get("body")
         if not (isinstance(side, str) and isinstance(phase, str) and isinstance(body_hex, str)
+                and side.isascii() and phase.isascii()  # the phase key hashes both as ASCII
                 and _HEX.fullmatch(body_hex) and len(body_hex) % 2 == 0):
             raise PeerProtocolError("mailbox server sent a malformed message")
         if side == self.side:
@@ -318,7 +319,7 @@ class Wormhole:
             raise PeerProtocolError("unexpected PAKE message")
         try:
             their = bytes.fromhex(json.loads(body)["pake_v1"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             self.mood = "scared"
             raise PeerProtocolError("the other side's PAKE message is malformed") from None
         try:
@@ -334,7 +335,7 @@ class Wormhole:
     def _got_version(self, plaintext: bytes) -> list[object]:
         try:
             versions = json.loads(plaintext)
-        except ValueError:
+        except (ValueError, RecursionError):
             versions = None
         if not isinstance(versions, dict):
             raise PeerProtocolError("the other side's version message is not a JSON object")

@@ -49,7 +49,7 @@ def their_features(versions: dict[str, Any]) -> set[str]:
 def decode(body: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting raises RecursionError
         raise PeerProtocolError("the other side sent a message that is not JSON") from None
     if not isinstance(obj, dict):
         raise PeerProtocolError("the other side sent a message that is not a JSON object")
@@ -65,7 +65,7 @@ def safe_name(name: object, what: str = "file") -> str:
     name = unicodedata.normalize("NFC", name)
     if name in ("", ".", "..") or "/" in name or "\\" in name or "\x00" in name:
         raise PeerProtocolError(f"refusing the offered {what} name {name!r}: not a plain name")
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") for c in name):  # Cs: lone surrogates
         raise PeerProtocolError(f"refusing the offered {what} name {name!r}: control characters")
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise PeerProtocolError(f"refusing the offered {what} name: longer than {MAX_NAME_BYTES} bytes")
@@ -152,7 +152,11 @@ def _hint(obj: object) -> Hint | None:
         return None
     if not isinstance(priority, (int, float)) or isinstance(priority, bool) or priority != priority:
         priority = 0.0
-    return Hint(host, port, float(priority))
+    try:
+        priority = float(priority)
+    except OverflowError:  # a JSON integer past a float's range
+        priority = 0.0
+    return Hint(host, port, priority)
 
 
 def parse_transit(transit: object) -> tuple[list[Hint], list[Hint]]:
