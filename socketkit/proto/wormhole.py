@@ -150,6 +150,7 @@ class Wormhole:
         self._closed = False
         self._close_sent = False
         self._allocating = False
+        self._closed_told = False
 
     # -- what the application does ----------------------------------------------------------------
     def start(self, code: str | None = None, allocate: bool = False, words: int = 2) -> None:
@@ -251,6 +252,8 @@ class Wormhole:
         mailbox = msg.get("mailbox")
         if not isinstance(mailbox, str) or not mailbox:
             raise PeerProtocolError("mailbox server claimed without a mailbox id")
+        if self.mood is not None:
+            return []  # closed before the server answered: nothing to open (as wormhole's client does)
         if self.mailbox is None:
             self.mailbox = mailbox
             self._tx("open", mailbox=mailbox)
@@ -268,7 +271,10 @@ class Wormhole:
         return self._maybe_closed()
 
     def _maybe_closed(self) -> list[object]:
-        return [Closed(self.mood or "happy")] if self.done else []
+        if not self.done or self._closed_told:
+            return []
+        self._closed_told = True
+        return [Closed(self.mood or "happy")]
 
     def _rx_message(self, msg: dict[str, Any]) -> list[object]:
         side, phase, body_hex = msg.get("side"), msg.get("phase"), msg.get("body")
