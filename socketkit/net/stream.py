@@ -407,7 +407,11 @@ class Stream(FramedReads, Lifecycle):
             raise self._failure()
         self._eof_sent = True
         self._send_blocked = True
-        self._transport.write_eof()
+        try:
+            self._transport.write_eof()
+        except OSError as e:  # ENOTCONN: the peer is gone already (uvloop raises it from shutdown())
+            raise PeerResetError(f"cannot half-close: the connection is gone ({e.strerror or e})",
+                                 endpoint=self.endpoint) from e
 
     async def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
         """Send `count` bytes of `file` from `offset`; zero-copy `sendfile(2)` on plain TCP/Unix sockets

@@ -532,3 +532,56 @@ async def test_sending_to_a_peer_that_reset_raises_instead_of_spinning():
         sends, err = await asyncio.wait_for(outcome, WAIT)
         assert isinstance(err, PeerResetError), (sends, err)
         assert sends < 100
+
+
+async def test_send_eof_on_a_reset_connection_is_a_socketkit_error():
+    """The peer reset while we were not reading (our buffer full, reading paused): the half-close finds the
+    socket gone (ENOTCONN) and says so as a PeerResetError, not a raw OSError."""
+    from socketkit.errors import PeerResetError, SocketkitError
+
+    gone = asyncio.Event()
+
+    async def blast_then_reset(s):
+        s.send_nowait(b"x" * (4 << 20))
+        await asyncio.sleep(0.2)  # the client's read buffer fills and it stops reading
+        s.abort()
+        gone.set()
+
+    async with running_server(blast_then_reset) as server:
+        client = await connect(server.endpoints[0], limits=Limits(read_buffer=64 * 1024))
+        try:
+            await asyncio.wait_for(gone.wait(), WAIT)
+            await asyncio.sleep(0.1)
+            try:
+                await client.send_eof()
+            except SocketkitError as e:
+                assert isinstance(e, PeerResetError) or "gone" in str(e) or "reset" in str(e).lower(), e
+        finally:
+            client.abort()
+
+
+async def test_send_eof_when_the_kernel_says_enotconn_is_a_peer_reset():
+    """The race the test above cannot always win (the reset lands between our checks and shutdown()):
+    write_eof() raising ENOTCONN is faked here, as a fault that cannot be timed for real."""
+    import errno
+
+    from socketkit.errors import PeerResetError
+
+    async with running_server(echo) as server:
+        client = await connect(server.endpoints[0])
+        try:
+            real = client._transport
+
+            class Refusing:  # uvloop's transport is a C type: wrap it rather than patch it
+                def __getattr__(self, name):
+                    return getattr(real, name)
+
+                def write_eof(self):
+                    raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+            client._transport = Refusing()
+            with pytest.raises(PeerResetError, match="gone"):
+                await client.send_eof()
+            client._transport = real
+        finally:
+            client.abort()
