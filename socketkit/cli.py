@@ -199,7 +199,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from socketkit import up
 
     ctx = up.UpContext(host=args.host, limits=limits_from(args))
-    known = {s.name for s in up.SERVICES}
+    known = {s.name for s in up.SERVICES} | {extra for s in up.SERVICES for extra in s.extra_listeners}
     for item in args.listen:
         name, sep, url = item.partition("=")
         if not sep or name not in known:

@@ -23,6 +23,10 @@ class Running:
     name: str
     description: str
     servers: list[Server]
+    #: lines printed under the service at start (how to point a client at it)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    #: the service's own live counters, shown beside the socket layer's
+    details: Callable[[], dict[str, Any]] | None = None
 
     @property
     def endpoints(self) -> list[str]:
@@ -34,6 +38,8 @@ class Service:
     name: str
     description: str
     start: Callable[["UpContext"], Awaitable[list[Server]]]
+    #: more `--listen NAME=URL` names the service takes (e.g. peer-transit for the relay's second port)
+    extra_listeners: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -45,6 +51,8 @@ class UpContext:
     landing: Any = None   # the web landing page, where services mount their pages
     closers: list[Any] = dataclasses.field(default_factory=list)  # extra async clean-ups, run at stop
     web: Any = None
+    notes: dict[str, list[str]] = dataclasses.field(default_factory=dict)     # service -> lines for describe()
+    details: dict[str, Callable[[], dict[str, Any]]] = dataclasses.field(default_factory=dict)
 
     def listen(self, service: str, default: str) -> list[str]:
         return self.overrides.get(service) or [default]
@@ -64,7 +72,10 @@ def status(ctx: UpContext) -> list[dict[str, object]]:
             stats = server.stats
             for key in total:
                 total[key] += getattr(stats, key)
-        out.append({"name": r.name, "description": r.description, "endpoints": r.endpoints, **total})
+        row: dict[str, object] = {"name": r.name, "description": r.description, "endpoints": r.endpoints, **total}
+        if r.details is not None:
+            row["details"] = {k: v for k, v in r.details().items() if not isinstance(v, dict)}
+        out.append(row)
     return out
 
 
@@ -123,13 +134,34 @@ async def _start_chat(ctx: UpContext) -> list[Server]:
 SERVICES.append(Service("chat", "IRC server (6667, TLS 6697); browsers: the chat page", _start_chat))
 
 
+async def _start_peer(ctx: UpContext) -> list[Server]:
+    from socketkit.peer.relay import RelayConfig, start_relay
+
+    relay = await start_relay(RelayConfig(
+        mailbox_listen=ctx.overrides.get("peer") or [f"tcp://{ctx.host}:4000"],
+        transit_listen=ctx.overrides.get("peer-transit") or [f"tcp://{ctx.host}:4001"]))
+    ctx.closers.append(relay.aclose)
+    helper = relay.transit_url.replace("tcp://", "tcp:", 1)
+    ctx.notes["peer"] = [
+        f"socketkit peer send|receive --mailbox {relay.mailbox_url} --transit-relay {relay.transit_url}",
+        f"wormhole --relay-url {relay.mailbox_url} --transit-helper {helper} send|receive",
+    ]
+    ctx.details["peer"] = relay.stats
+    return relay.mailbox_servers + relay.transit_servers
+
+
+SERVICES.append(Service("peer", "magic-wormhole mailbox + transit relay (peers still default to the public one)",
+                        _start_peer, ("peer-transit",)))
+
+
 async def start_all(ctx: UpContext, only: set[str] | None = None) -> list[Running]:
     try:
         for svc in SERVICES:
             if only and svc.name not in only:
                 continue
             servers = await svc.start(ctx)
-            ctx.running.append(Running(svc.name, svc.description, servers))
+            ctx.running.append(Running(svc.name, svc.description, servers, ctx.notes.get(svc.name, []),
+                                       ctx.details.get(svc.name)))
     except BaseException:
         await stop_all(ctx)
         raise
@@ -153,6 +185,8 @@ def describe(running: list[Running], out: TextIO) -> None:
     out.write("socketkit is up:\n")
     for r in running:
         out.write(f"  {r.name:<8} {', '.join(r.endpoints):<40} {r.description}\n")
+        for note in r.notes:
+            out.write(f"  {'':<8}   {note}\n")
     out.write("Press Ctrl-C to stop.\n")
     out.flush()
 

@@ -37,8 +37,9 @@ async function refresh(){
     const rows=document.getElementById('rows');rows.textContent='';
     for(const s of data.services){
       const tr=document.createElement('tr');
-      const cells=[s.name+' \\u2014 '+s.description,s.endpoints.join(', '),s.open,s.accepted,s.refused,
-                   s.bytes_in,s.bytes_out,s.errors];
+      let what=s.name+' \\u2014 '+s.description;
+      if(s.details)what+=' ('+Object.entries(s.details).map(([k,v])=>k.replace(/_/g,' ')+' '+v).join(', ')+')';
+      const cells=[what,s.endpoints.join(', '),s.open,s.accepted,s.refused,s.bytes_in,s.bytes_out,s.errors];
       cells.forEach((v,i)=>{const td=document.createElement('td');td.textContent=v;if(i>1)td.className='n';tr.appendChild(td)});
       rows.appendChild(tr);
     }
@@ -91,7 +92,10 @@ class LandingApp:
     def page(self) -> str:
         rows = []
         for s in self.status():
-            cells = [f"{s['name']} \u2014 {s['description']}", ", ".join(s["endpoints"])]
+            what = f"{s['name']} \u2014 {s['description']}"
+            if s.get("details"):
+                what += " (" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in s["details"].items()) + ")"
+            cells = [what, ", ".join(s["endpoints"])]
             cells += [str(s[k]) for k in ("open", "accepted", "refused", "bytes_in", "bytes_out", "errors")]
             rows.append("<tr>" + "".join(
                 f"<td{' class=n' if i > 1 else ''}>{html.escape(c)}</td>" for i, c in enumerate(cells)) + "</tr>")
