@@ -107,7 +107,12 @@ def destination(out_dir: Path, offer: Offer) -> Path:
 def part_path(out_dir: Path, offer: Offer) -> Path:
     """Where the bytes land while they arrive (kept after an interruption, for resume)."""
     suffix = ".zip" + PART_SUFFIX if offer.kind == "directory" else PART_SUFFIX
-    return out_dir / (offer.name + suffix)
+    name = offer.name + suffix
+    if len(name.encode()) > 255:
+        # a legal name with no room for the suffix: shortened, the same on every run (resume finds it)
+        tag = hashlib.sha256(offer.name.encode()).hexdigest()[:16]
+        name = offer.name.encode()[:255 - len(suffix) - 17].decode("utf-8", "ignore") + "~" + tag + suffix
+    return out_dir / name
 
 
 def check_space(out_dir: Path, offer: Offer) -> None:
@@ -173,12 +178,31 @@ def check_zip(zf: zipfile.ZipFile, offer: Offer) -> list[tuple[zipfile.ZipInfo, 
             raise TransferError(f"refusing the directory: {info.filename!r} appears twice")
         seen.add(path)
         plan.append((info, path, mode))
+    # A file that is also a directory, or the parent of another entry: sorted, a path's descendants follow it.
+    order = sorted((path.parts, info.is_dir(), info.filename) for info, path, _ in plan)
+    for (a, a_dir, a_name), (b, b_dir, b_name) in zip(order, order[1:]):
+        if a == b and a_dir and b_dir:
+            continue
+        if a == b or (not a_dir and b[:len(a)] == a):
+            raise TransferError(f"refusing the directory: {b_name!r} conflicts with {a_name!r}")
     return plan
 
 
-def extract(zip_path: Path, offer: Offer, target: Path) -> int:
-    """Extract the checked zip into `target` (which must not exist) through a temporary directory beside
-    it, so `target` appears whole or not at all. Returns the number of files written."""
+def extract(zip_path: Path, offer: Offer, target: Path, replace: bool = False) -> int:
+    """Extract the checked zip into `target` (which must not exist, or with `replace` may be a file that is
+    replaced once the tree is whole) through a temporary directory beside it, so `target` appears whole or
+    not at all. Returns the number of files written. Anything that goes wrong is a TransferError."""
+    try:
+        return _extract(zip_path, offer, target, replace)
+    except TransferError:
+        raise
+    except OSError as e:  # disk full, a name too long for the file system...
+        raise TransferError(f"could not unpack {offer.name}/: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - zipfile, zlib, bz2, lzma on a damaged or hostile zip
+        raise TransferError(f"refusing the directory: the zip cannot be unpacked ({str(e)[:200]})") from None
+
+
+def _extract(zip_path: Path, offer: Offer, target: Path, replace: bool) -> int:
     out_dir = target.parent
     with zipfile.ZipFile(zip_path) as zf:
         plan = check_zip(zf, offer)
@@ -204,8 +228,10 @@ def extract(zip_path: Path, offer: Offer, target: Path) -> int:
             for d, mode in reversed(dir_modes):
                 os.chmod(d, mode)
             os.chmod(tmp, 0o755)
-            if target.exists():
-                raise TransferError(f"{target} appeared while receiving; not replacing it")
+            if target.exists() or target.is_symlink():
+                if not replace:
+                    raise TransferError(f"{target} appeared while receiving; not replacing it")
+                remove_existing(target)
             os.rename(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

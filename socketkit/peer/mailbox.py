@@ -111,7 +111,7 @@ class MailboxSession:
         body = self._messages.popleft()
         try:
             obj = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting raises RecursionError
             obj = None
         if not isinstance(obj, dict):
             raise PeerError("the other side sent a message that is not a JSON object")

@@ -53,7 +53,14 @@ async def receive(code: str, *, out_dir: str | os.PathLike[str] = ".", confirm: 
         await session.close(mood_for(error))
 
 
+def _shown(text: str, limit: int = 300) -> str:
+    """Something the other side wrote, fit for one line of a terminal: short, control characters escaped."""
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return text if text.isprintable() else repr(text)
+
+
 async def _refuse(session: MailboxSession, why: str) -> TransferError:
+    why = _shown(why, 500)
     try:
         await session.send_json({"error": why})
     except Exception:  # noqa: BLE001 - we are failing anyway; the error below says why
@@ -71,7 +78,7 @@ async def _exchange(session: MailboxSession, out: Path, confirm: Confirm | None,
         while True:
             msg = await session.receive_json(opts.wait)
             if "error" in msg:
-                raise TransferError(f"the sender abandoned the transfer: {str(msg['error'])[:300]}")
+                raise TransferError(f"the sender abandoned the transfer: {_shown(str(msg['error']))}")
             if "transit" in msg:
                 if transit is None:
                     transit = Transit(session.derive_key(TRANSIT_KEY_PURPOSE), is_sender=False,
@@ -109,6 +116,9 @@ async def _receive_file(session: MailboxSession, transit: Transit, offer: Offer,
     if target.exists() or target.is_symlink():
         if not overwrite:
             raise await _refuse(session, f"refusing to overwrite the existing {offer.name!r}")
+        if target.is_dir() and not target.is_symlink():
+            raise await _refuse(session, f"{target} exists and is a directory; not deleting it, "
+                                         "move it away first")
     if part.is_symlink() or (part.exists() and not part.is_file()):
         raise await _refuse(session, f"{part} is in the way (not a regular file)")
     try:
@@ -123,11 +133,6 @@ async def _receive_file(session: MailboxSession, transit: Transit, offer: Offer,
             raise
         if not accepted:
             raise await _refuse(session, "transfer rejected")
-    if overwrite and (target.exists() or target.is_symlink()):
-        try:
-            files.remove_existing(target)
-        except TransferError as e:
-            raise await _refuse(session, str(e)) from None
     have = part.stat().st_size if part.is_file() else 0
     if have > offer.size:
         have = 0
@@ -138,13 +143,13 @@ async def _receive_file(session: MailboxSession, transit: Transit, offer: Offer,
     opts.say(f"Receiving {what} into {out}")
     pipe = await transit.connect()
     try:
-        return await _receive_data(pipe, offer, part, target, have, common, code, opts)
+        return await _receive_data(pipe, offer, part, target, have, common, code, opts, overwrite)
     finally:
         await pipe.aclose()
 
 
 async def _receive_data(pipe: Pipe, offer: Offer, part: Path, target: Path, have: int, common: set[str],
-                        code: str, opts: PeerOptions) -> Result:
+                        code: str, opts: PeerOptions, overwrite: bool = False) -> Result:
     offset = 0
     layer = "secretbox"
     if common:
@@ -195,7 +200,7 @@ async def _receive_data(pipe: Pipe, offer: Offer, part: Path, target: Path, have
     digest = hasher.hexdigest()
     if offer.kind == "directory":
         try:
-            count = files.extract(part, offer, target)
+            count = files.extract(part, offer, target, replace=overwrite)
         except TransferError as e:
             # tell the sender why (wormhole prints the ack it got), then fail here too
             await pipe.send_record(json.dumps({"ack": "error", "error": str(e)}).encode())
@@ -204,7 +209,7 @@ async def _receive_data(pipe: Pipe, offer: Offer, part: Path, target: Path, have
             part.unlink(missing_ok=True)
         opts.say(f"unpacked {count} files into {target}")
     else:
-        os.rename(part, target)
+        os.rename(part, target)  # with --overwrite, the old file goes only now that the new one is whole
     await pipe.send_record(xfer.ack_record(digest))
     progress.close("received", digest)
     return Result(code, offer.kind, offer.name, offer.size, digest, offset, time.monotonic() - started,

@@ -23,7 +23,7 @@ from socketkit.net.limits import Limits
 from socketkit.net.server import Server, start_server
 from socketkit.net.stream import Stream
 from socketkit.proto import transit as tp
-from socketkit.proto.wormhole_transfer import Hint, transit_message
+from socketkit.proto.wormhole_transfer import MAX_HINTS, Hint, transit_message
 
 log = logging.getLogger("socketkit.peer")
 
@@ -133,6 +133,8 @@ class Transit:
     def add_hints(self, direct: list[Hint], relays: list[Hint]) -> None:
         self.their_direct += [h for h in direct if h not in self.their_direct]
         self.their_relays += [h for h in relays if h not in self.their_relays and h not in self.our_relays]
+        # at most MAX_HINTS of each, however many transit messages the other side sends
+        del self.their_direct[MAX_HINTS:], self.their_relays[MAX_HINTS:]
 
     # -- the race -------------------------------------------------------------------------------
     async def connect(self) -> Pipe:
