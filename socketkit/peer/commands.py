@@ -71,9 +71,19 @@ async def receive_command(code: str | None, *, out_dir: str, yes: bool, overwrit
 
         result = await receive(code, out_dir=out_dir, confirm=confirm, overwrite=overwrite, options=options)
     if result.kind == "text":
-        sys.stdout.write(result.text if result.text.endswith("\n") else result.text + "\n")
+        text = result.text if result.text.endswith("\n") else result.text + "\n"
+        if sys.stdout.isatty():
+            text = _for_terminal(text)
+        sys.stdout.buffer.write(text.encode("utf-8", "backslashreplace"))
         sys.stdout.flush()
     return result
+
+
+def _for_terminal(text: str) -> str:
+    """A received text shown on a terminal: control characters other than newline and tab made visible, so
+    a sender cannot drive the receiver's terminal with escape sequences (piped, the text stays as sent)."""
+    return "".join(c if c in "\n\t" or c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256
+                   else f"\\u{ord(c):04x}" for c in text)
 
 
 __all__ = ["receive_command", "send_command"]

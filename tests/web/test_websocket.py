@@ -419,7 +419,7 @@ async def test_invalid_utf8_closes_with_1007():
     frame(0x9, b"fragmented ping", fin=False),
     frame(0x0, b"continuation without a start"),
     frame(0x1, b"rsv bits", rsv=0x20),
-])
+], ids=["unmasked", "reserved-opcode", "fragmented-ping", "orphan-continuation", "rsv-bits"])
 async def test_protocol_errors_close_with_1002(bad):
     async with serving(echo_app, ws_per_message_deflate=False) as port:
         reader, writer, _ = await raw_open(port, handshake(KEY))
