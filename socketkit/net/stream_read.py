@@ -7,13 +7,15 @@ kept apart so that stream.py holds the per-message hot path and its state, and s
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 from socketkit.errors import IncompleteReadError, LineTooLongError
 
 if TYPE_CHECKING:
     from socketkit.net.stream import Stream
+
+T = TypeVar("T")
 
 
 class FramedReads:
@@ -23,6 +25,31 @@ class FramedReads:
 
     async def receive_exactly(self: Stream, n: int, *, timeout: float | None = None) -> bytes:
         """Exactly `n` bytes; IncompleteReadError (with what did arrive) if the stream ends first."""
+        await self._buffer_at_least(n, timeout)
+        buf = self._buf
+        if len(buf) == n:
+            data = bytes(buf)
+            buf.clear()
+        else:
+            with memoryview(buf) as view:  # one copy (a bytearray slice would make two)
+                data = view[:n].tobytes()
+            del buf[:n]
+        self._consumed()
+        return data
+
+    async def receive_exactly_with(self: Stream, n: int, use: Callable[[memoryview], T], *,
+                                   timeout: float | None = None) -> T:
+        """`use(view)` on exactly the next `n` bytes, read in place (no copy), and its result. The view is
+        valid only during the call: a record decoder that decrypts or parses straight from the buffer."""
+        await self._buffer_at_least(n, timeout)
+        buf = self._buf
+        with memoryview(buf) as view, view[:n] as part:
+            result = use(part)
+        del buf[:n]
+        self._consumed()
+        return result
+
+    async def _buffer_at_least(self: Stream, n: int, timeout: float | None) -> None:
         when, seconds = self._when(timeout)
         with self._deadline_at(when, seconds):
             while len(self._buf) < n:
@@ -35,10 +62,6 @@ class FramedReads:
                         f"stream ended after {len(partial)} of {n} bytes", partial=partial, endpoint=self.endpoint
                     )
                 await self._fill(None)
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
-        self._consumed()
-        return data
 
     async def receive_until(
         self: Stream, delimiter: bytes = b"\n", max_size: int | None = None, *, timeout: float | None = None

@@ -85,8 +85,8 @@ class Pipe:
         n = int.from_bytes(header, "big")
         if n > self.max_record:
             raise PeerProtocolError(f"transit record of {n} bytes (at most {self.max_record})")
-        body = await self.stream.receive_exactly(n, timeout=timeout)
-        return self.records.open(body)
+        # decrypted straight out of the stream's buffer: the record is never copied before the cipher
+        return await self.stream.receive_exactly_with(n, self.records.open, timeout=timeout)
 
     async def aclose(self) -> None:
         await self.stream.aclose()

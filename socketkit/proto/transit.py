@@ -27,6 +27,7 @@ from socketkit.errors import PeerProtocolError
 from socketkit.proto.wormhole import hkdf
 
 KEY_BYTES = 32
+_ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")  # cryptography >= 45
 MAX_RECORD = (4 << 20) + 64   # the largest record we accept (our own are at most 4 MiB of plaintext)
 
 
@@ -139,9 +140,10 @@ class SecretBoxRecords:
         box = bytes(self._send.encrypt(plaintext, nonce))
         return [len(box).to_bytes(4, "big"), box]
 
-    def open(self, body: bytes) -> bytes:
+    def open(self, body: bytes | memoryview) -> bytes:
         if len(body) < self.overhead:
             raise PeerProtocolError("transit record shorter than its nonce and tag")
+        body = bytes(body)  # PyNaCl takes bytes only
         if int.from_bytes(body[:SecretBox.NONCE_SIZE], "big") != self.received:
             raise PeerProtocolError(f"transit record out of order (expected number {self.received})")
         try:
@@ -167,13 +169,20 @@ class AesGcmRecords:
         self.sent = 0
         self.received = 0
 
-    def seal(self, plaintext: bytes) -> list[bytes]:
+    def seal(self, plaintext: bytes) -> list[bytes | bytearray]:
         length = (len(plaintext) + 16).to_bytes(4, "big")
-        box = self._send.encrypt(self.sent.to_bytes(12, "big"), plaintext, length)
+        nonce = self.sent.to_bytes(12, "big")
         self.sent += 1
-        return [length, box]
+        if _ENCRYPT_INTO:
+            # length and box in one buffer, the cipher writing in place: one write, no concatenation
+            frame = bytearray(4 + len(plaintext) + 16)
+            frame[:4] = length
+            with memoryview(frame) as view, view[4:] as out:
+                self._send.encrypt_into(nonce, plaintext, length, out)
+            return [frame]
+        return [length, self._send.encrypt(nonce, plaintext, length)]
 
-    def open(self, body: bytes) -> bytes:
+    def open(self, body: bytes | memoryview) -> bytes:
         if len(body) < self.overhead:
             raise PeerProtocolError("transit record shorter than its tag")
         try:

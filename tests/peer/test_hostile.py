@@ -438,10 +438,9 @@ def sealed(tamper) -> Data:
 
 
 async def _flip(pipe, data):
-    length, box = pipe.records.seal(data)
-    box = bytearray(box)
-    box[-1] ^= 1
-    await pipe.stream.send(length + bytes(box))
+    frame = bytearray(b"".join(pipe.records.seal(data)))  # seal gives buffers that make up the frame
+    frame[-1] ^= 1
+    await pipe.stream.send(bytes(frame))
 
 
 async def _skip(pipe, data):

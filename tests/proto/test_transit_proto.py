@@ -298,19 +298,26 @@ def test_aesgcm_wire_format_and_directions():
     k_s = hkdf(key, 32, b"socketkit/transit/aes256gcm/sender")
     k_r = hkdf(key, 32, b"socketkit/transit/aes256gcm/receiver")
     assert k_s != k_r
-    length, box = snd.seal(b"hello")
+    length, box = frame_parts(snd.seal(b"hello"))
     assert length == (5 + 16).to_bytes(4, "big") and len(box) == 21
     assert AESGCM(k_s).decrypt(bytes(12), box, length) == b"hello"
     assert rcv.open(box) == b"hello"
     # the same plaintext under the same record number differs per direction
-    back_len, back = rcv.seal(b"hello")
+    back_len, back = frame_parts(rcv.seal(b"hello"))
     assert back != box and AESGCM(k_r).decrypt(bytes(12), back, back_len) == b"hello"
     # a record reflected back to its sender is refused
     with pytest.raises(PeerProtocolError):
         AesGcmRecords(key, True).open(box)
     with pytest.raises(PeerProtocolError):
-        SecretBoxRecords(key, True).open(SecretBoxRecords(key, True).seal(b"x")[1])
+        SecretBoxRecords(key, True).open(frame_parts(SecretBoxRecords(key, True).seal(b"x"))[1])
     assert RECORD_LAYERS == {"secretbox": SecretBoxRecords, "aes256gcm-v1": AesGcmRecords}
+
+
+def frame_parts(parts: list) -> tuple[bytes, bytes]:
+    """seal() gives buffers whose concatenation is the frame: (4-byte length, box)."""
+    frame = b"".join(parts)
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+    return frame[:4], frame[4:]
 
 
 def frames(layer_cls, records: list[bytes], key: bytes = KEY) -> list[bytes]:
@@ -394,7 +401,7 @@ def test_reordered_replayed_truncated_are_refused(layer, records, data):
 @pytest.mark.parametrize("layer", LAYERS)
 def test_failed_open_keeps_the_counter(layer):
     tx, rx = layer(KEY, True), layer(KEY, False)
-    good = tx.seal(b"one")[1]
+    good = frame_parts(tx.seal(b"one"))[1]
     bad = bytearray(good)
     bad[-1] ^= 1
     with pytest.raises(PeerProtocolError):
@@ -406,13 +413,13 @@ def test_failed_open_keeps_the_counter(layer):
         rx.open(b"")
     with pytest.raises(PeerProtocolError):
         rx.open(b"\x00" * (layer.overhead - 1))
-    assert rx.open(tx.seal(b"two")[1]) == b"two"
+    assert rx.open(frame_parts(tx.seal(b"two"))[1]) == b"two"
 
 
 def test_other_transit_key_refused():
     for layer in LAYERS:
         with pytest.raises(PeerProtocolError):
-            layer(os.urandom(32), False).open(layer(KEY, True).seal(b"x")[1])
+            layer(os.urandom(32), False).open(frame_parts(layer(KEY, True).seal(b"x"))[1])
 
 
 # -- the record reader -------------------------------------------------------------------------------------
