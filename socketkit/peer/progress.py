@@ -3,6 +3,7 @@ per file otherwise, and nothing at all for a program that asked for silence."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
@@ -33,8 +34,16 @@ class Progress:
         if not quiet and self.out.isatty():
             from tqdm import tqdm
 
+            try:
+                size = os.get_terminal_size(self.out.fileno())
+            except (OSError, ValueError):
+                size = os.terminal_size((0, 0))
+            # A terminal that reports no size (a bare pty, a serial console) gets 80x24: tqdm would draw
+            # nothing at all for a screen 0 lines high.
+            sized = size.columns > 0 and size.lines > 0
             self._bar = tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1000,
-                             desc=label[:30], file=self.out, dynamic_ncols=True, leave=True)
+                             desc=label[:30], file=self.out, dynamic_ncols=sized, ncols=None if sized else 80,
+                             nrows=None if sized else 24, leave=True)
 
     def update(self, n: int) -> None:
         self.done += n
