@@ -181,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(run=_cmd_cert_show)
     p.add_argument("--dir", help="where certificates live (default: the data directory)")
 
-    from socketkit import cli_peer
+    from socketkit import cli_peer, cli_remote
 
     cli_peer.add_parsers(sub)
+    cli_remote.add_parsers(sub)
     return parser
 
 
@@ -404,7 +405,15 @@ def _cmd_cert_show(args: argparse.Namespace) -> int:
 # -- entry point ------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # `remote run HOSTS... -- COMMAND`: the command is everything after "--", verbatim (argparse would mix its
+    # words into the host list).
+    after: list[str] | None = None
+    if "--" in words and words[:words.index("--")].count("remote") and "run" in words[:words.index("--")]:
+        cut = words.index("--")
+        words, after = words[:cut], words[cut + 1:]
+    args = parser.parse_args(words)
+    args.after_dashes = after
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if getattr(args, "access_log", False):
         logging.getLogger("socketkit.web.access").setLevel(logging.INFO)
