@@ -381,6 +381,10 @@ class ServerConnection(ResponseWriter):
         elif version == "1.0":
             if self._chunked:
                 raise _Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
+        elif version == "0.9":
+            # llhttp reads a request line without a version (`GET /`) as HTTP/0.9; RFC 9112 has no such
+            # request: it is malformed (400), not a version we decline (505).
+            raise _Reject(400, "request line without an HTTP version")
         else:
             raise _Reject(505, f"HTTP/{version} not supported")
         method = parser.get_method()

@@ -100,7 +100,8 @@ CASES = [
     ("version-1.2", b"GET / HTTP/1.2\r\n" + H + b"\r\n", 505),
     ("version-2.0", b"GET / HTTP/2.0\r\n" + H + b"\r\n", 505),
     ("version-3.0", b"GET / HTTP/3.0\r\n" + H + b"\r\n", 505),
-    ("version-0.9", b"GET /\r\n\r\n", 505),
+    ("version-0.9", b"GET /\r\n\r\n", 400),  # no version at all: malformed, not a version declined
+    ("no-version-query", b"GET /a?b=c\r\n\r\n", 400),
     # --- Host (RFC 9112 3.2) ---
     ("host-missing-11", b"GET / HTTP/1.1\r\n\r\n", 400),
     ("host-twice", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
