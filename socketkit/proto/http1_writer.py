@@ -72,6 +72,23 @@ _Fields = tuple[bytes, bytes | None, bytes | None, bool, bytes | None, int]
 _FIELDS: dict[tuple[int, tuple[object, ...]], _Fields] = {}
 
 
+class PreparedHeaders(tuple):
+    """A header list checked and formatted once, for responses that repeat (a cached file's head).
+
+    It is the ASGI header list it was made from (a tuple of (name, value) pairs: middleware and other
+    servers see nothing else), and `response()` given it with the same status takes its formatted fields
+    as they are instead of looking them up."""
+
+    status: int
+    fields: _Fields
+
+    def __new__(cls, status: int, headers) -> PreparedHeaders:
+        self = super().__new__(cls, [(bytes(n), bytes(v)) for n, v in headers])
+        self.status = status
+        self.fields = _fields(status, self)
+        return self
+
+
 def _fields(status: int, headers) -> _Fields:
     """Status line + the app's header lines, checked; framing headers taken out for `response` to decide.
 
@@ -183,11 +200,15 @@ class ResponseWriter:
         body_length = None if body is None else len(body)
         # Most apps answer with the same few header lists again and again: check and format each list
         # once. Keys are compared by value, so a cached entry can never stand for other headers.
-        try:
-            key = (status, tuple(headers))
-            fields = _FIELDS.get(key)
-        except TypeError:  # unhashable items (lists): just do the work
-            key = fields = None
+        if type(headers) is PreparedHeaders and headers.status == status:
+            key = None
+            fields = headers.fields
+        else:
+            try:
+                key = (status, tuple(headers))
+                fields = _FIELDS.get(key)
+            except TypeError:  # unhashable items (lists): just do the work
+                key = fields = None
         if fields is None:
             fields = _fields(status, headers)
             if key is not None:

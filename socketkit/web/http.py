@@ -14,6 +14,7 @@ from typing import Any
 
 from socketkit.errors import DeadlineError, PeerResetError
 from socketkit.net.stream import Stream
+from socketkit.net.stream import _SENT
 from socketkit.proto.http1 import (
     ConnectionClosed,
     Error,
@@ -21,8 +22,9 @@ from socketkit.proto.http1 import (
     ServerConnection,
     error_response,
 )
+from socketkit.proto.http1_events import END
 from socketkit.web.config import WebConfig
-from socketkit.web.http_cycle import Cycle
+from socketkit.web.http_cycle import Cycle, _clock, _time
 
 log = logging.getLogger("socketkit.web")
 access_log = logging.getLogger("socketkit.web.access")
@@ -57,6 +59,9 @@ class HTTPHandler:
         self.server_header = config.server_header
         self.access_log = config.access_log
         self.proxy_headers = config.proxy_headers
+        # StaticFiles served directly (`socketkit web --static DIR`): a small cached file is answered
+        # before any ASGI scope is built (the same response its app would send; see StaticFiles).
+        self.cached_response = getattr(self.app, "cached_response", None) if not self.root_path else None
 
     async def __call__(self, stream: Stream) -> None:
         conn = ServerConnection(**self.conn_options)
@@ -84,6 +89,7 @@ class HTTPHandler:
         # What `send` returns when nothing needs waiting for: awaiting a done future runs no Python code.
         ready = loop.create_future()
         ready.set_result(None)
+        cached_response = self.cached_response
         try:
             while True:
                 if i >= len(events):
@@ -124,6 +130,24 @@ class HTTPHandler:
                                 "client": client, "root_path": root, "extensions": _EXTENSIONS}
                         await serve_websocket(self, stream, conn, event, base)
                         return
+                    if cached_response is not None and i < len(events) and events[i] is END:
+                        hit = cached_response(event.method, event.path, event.raw_path, event.headers)
+                        if hit is not None:
+                            clock = _clock
+                            if not clock.since <= _time() < clock.until:
+                                clock.tick()
+                            extra = clock.lines if self.server_header else clock.lines_no_server
+                            sent = stream.send(conn.response(200, hit[0], hit[1], extra))
+                            if sent is not _SENT:
+                                await sent
+                            if self.access_log:
+                                log_access(client, event.method.decode("ascii"), event.path, event.query,
+                                           event.http_version, 200)
+                            events = conn.next_request()
+                            if events is None:
+                                return
+                            i = 0
+                            continue
                     # A copy of the connection's base scope, every per-request key overwritten: copying
                     # a dict that already has all the keys clones its table (no hashing, no growing),
                     # about half the cost of building the same dict from a literal.
@@ -199,6 +223,12 @@ class HTTPHandler:
                 pass
         await stream.send(error_response(408, "request head not received in time"))
         return None
+
+
+def log_access(client: Any, method: str, path: str, query: bytes, http_version: str, status: int) -> None:
+    who = f"{client[0]}:{client[1]}" if client else "-"
+    target = path + ("?" + query.decode("latin-1") if query else "")
+    access_log.info('%s - "%s %s HTTP/%s" %d', who, method, target, http_version, status)
 
 
 def apply_proxy_headers(scope: dict[str, Any], config: WebConfig) -> None:

@@ -31,11 +31,15 @@ length and confuses some servers' framing). A directory without a trailing slash
 (only GET and HEAD get there, so 301 and 308 mean the same and 301 is understood everywhere), keeping the
 query; with a slash it serves the first index file, else the listing (listing=True) or 404.
 
-Bodies: when the server offers the `http.response.zerocopysend` extension, the open file is handed to it
-per (offset, count) slice; the file is closed once the last send() returns, so the server must be done
-with it by then. Otherwise the file is read with os.pread in a worker thread, chunk_size bytes at a time,
-and sending stops early if the client disconnects. A file that shrinks while being sent cannot meet its
-Content-Length: the app stops, and the server closes the connection.
+Bodies: a small file kept in the cache (static_cache.py) is sent from memory. Otherwise, when the server
+offers the `http.response.zerocopysend` extension, the open file is handed to it per (offset, count) slice;
+the file stays open until the last send() returns (a cached one until it leaves the cache and no request
+uses it), so the server must be done with it by then. Otherwise the file is read with os.pread in a worker
+thread, chunk_size bytes at a time, and sending stops early if the client disconnects. A file that shrinks
+while being sent cannot meet its Content-Length: the app stops, and the server closes the connection.
+
+The cache: open files, their metadata and small files' bytes, checked against the disk at most every
+`cache_valid` seconds per file (see static_cache.py); `cache_entries=0` turns it off.
 """
 
 from __future__ import annotations
@@ -48,8 +52,11 @@ import stat
 from typing import Any
 from urllib.parse import quote, quote_from_bytes
 
+from socketkit.proto.http1_writer import PreparedHeaders
+
 from . import static_http as rules
 from .lifespan import answer_lifespan
+from .static_cache import Entry, FileCache, stat_key
 from .static_listing import CSP, render
 
 __all__ = ["MAX_PATH", "StaticFiles"]
@@ -67,6 +74,7 @@ _QUERY_SAFE = "!$&'()*+,-./:;=?@_~%[]"
 _CONDITIONAL = frozenset(
     {"range", "if-range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
 )
+_CONDITIONAL_BYTES = frozenset(name.encode() for name in _CONDITIONAL)
 _REASONS = {
     301: "Moved Permanently",
     403: "Forbidden",
@@ -80,13 +88,6 @@ _NOSNIFF = (b"x-content-type-options", b"nosniff")
 _REDIRECT = object()
 
 
-class _File:
-    __slots__ = ("file", "st", "name")
-
-    def __init__(self, file: Any, st: os.stat_result, name: str) -> None:
-        self.file, self.st, self.name = file, st, name
-
-
 class StaticFiles:
     """Serve `directory` over ASGI; see the module docstring for the rules."""
 
@@ -98,6 +99,10 @@ class StaticFiles:
         index: tuple[str, ...] | list[str] = ("index.html",),
         follow_symlinks: bool = False,
         chunk_size: int = 256 * 1024,
+        cache_entries: int = 512,
+        cache_bytes: int = 32 * 1024 * 1024,
+        cache_file_max: int = 256 * 1024,
+        cache_valid: float = 1.0,
     ) -> None:
         real = os.path.realpath(os.fspath(directory))
         if not os.path.isdir(real):
@@ -112,6 +117,8 @@ class StaticFiles:
         self.index = tuple(index)
         self.follow_symlinks = follow_symlinks
         self.chunk_size = chunk_size
+        self.cache = FileCache(entries=cache_entries, max_bytes=cache_bytes, max_file=cache_file_max,
+                               valid=cache_valid, still_inside=self._allowed)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -154,11 +161,15 @@ class StaticFiles:
     def _inside(self, real: str) -> bool:
         return real == self.directory or os.path.commonpath([self.directory, real]) == self.directory
 
-    def _lookup(self, segments: list[str], trailing: bool, shown: str) -> _File | bytes | int | object:
-        """_File to serve, listing page bytes, _REDIRECT, or an error status."""
+    def _allowed(self, real: str) -> bool:
+        return self.follow_symlinks or self._inside(real)
+
+    def _lookup(self, segments: list[str], trailing: bool, shown: str) -> Entry | bytes | int | object:
+        """Entry to serve (its file open), listing page bytes, _REDIRECT, or an error status."""
         fd = -1
         try:
-            real = os.path.realpath(os.path.join(self.directory, *segments))
+            joined = os.path.join(self.directory, *segments)
+            real = os.path.realpath(joined)
             if not self.follow_symlinks and not self._inside(real):
                 return 404
             fd = os.open(real, _OPEN_FLAGS)
@@ -166,9 +177,13 @@ class StaticFiles:
             if stat.S_ISREG(st.st_mode):
                 if trailing:
                     return 404  # `file.txt/` names a directory that does not exist
-                file = open(fd, "rb", buffering=0)  # closed by _http once sent
+                entry = Entry()
+                entry.file = open(fd, "rb", buffering=0)  # closed by _http once sent, or by the cache
                 fd = -1
-                return _File(file, st, segments[-1] if segments else "")
+                entry.st, entry.joined, entry.real = st, joined, real
+                entry.name = segments[-1] if segments else ""
+                self._describe(entry)
+                return entry
             if not stat.S_ISDIR(st.st_mode):
                 return 404
             os.close(fd)
@@ -177,7 +192,7 @@ class StaticFiles:
                 return _REDIRECT
             for name in self.index:
                 found = self._lookup([*segments, name], False, shown)
-                if isinstance(found, _File) or found == 403:
+                if isinstance(found, Entry) or found == 403:
                     return found
             if not self.listing:
                 return 404
@@ -190,6 +205,60 @@ class StaticFiles:
             if fd >= 0:
                 os.close(fd)
 
+    def _describe(self, entry: Entry) -> None:
+        """Validators, content type, and (a small file that may be cached) its bytes: in the worker thread."""
+        st = entry.st
+        entry.validators = rules.Validators(st)
+        entry.ctype = rules.content_type(entry.name)
+        entry.key = stat_key(st)
+        cache = self.cache
+        if not cache.enabled or st.st_size > cache.max_file or not entry.validators.strong_date:
+            return
+        fd = entry.file.fileno()
+        data = os.pread(fd, st.st_size, 0) if st.st_size else b""
+        if len(data) == st.st_size and stat_key(os.fstat(fd)) == entry.key:
+            entry.body = data  # (a file changing under the read is served from disk, uncached)
+
+    def _admit(self, entry: Entry, scope: dict) -> None:
+        """Keep a fresh lookup's entry in the cache when it may be; the request holds it either way."""
+        entry.users = 1
+        v = entry.validators
+        if not v.strong_date:
+            entry.dead = True  # changed within the last second: served, never kept (see static_cache)
+            return
+        entry.path = scope.get("path") or "/"
+        entry.raw_path = scope.get("raw_path")
+        entry.root_path = scope.get("root_path") or ""
+        entry.headers = PreparedHeaders(200, [
+            (b"content-type", entry.ctype.encode("latin-1")),
+            (b"content-length", b"%d" % entry.st.st_size),
+            (b"accept-ranges", b"bytes"),
+            (b"etag", v.etag.encode()),
+            (b"last-modified", v.last_modified.encode()),
+            _NOSNIFF,
+        ])
+        if self.cache.add(entry):
+            if entry.body is not None:
+                entry.file.close()
+                entry.file = None
+        else:
+            entry.dead = True
+
+    def cached_response(self, method: bytes, path: str, raw_path: bytes, headers: Any
+                        ) -> tuple[PreparedHeaders, bytes] | None:
+        """For a server that calls it before running the app: the whole 200 response (its prepared header
+        list and body) of a GET/HEAD of a small cached file without conditions or ranges, or None (then
+        run the app as usual). The same answer the app would send, without the ASGI round trip."""
+        if method != b"GET" and method != b"HEAD":
+            return None
+        entry = self.cache.get(path, raw_path, "")
+        if entry is None or entry.body is None:
+            return None
+        for name, _ in headers:
+            if name in _CONDITIONAL_BYTES:
+                return None
+        return entry.headers, entry.body if method == b"GET" else b""
+
     # -- responses --------------------------------------------------------------------------------
 
     async def _http(self, scope: dict, receive: Any, send: Any) -> None:
@@ -198,6 +267,15 @@ class StaticFiles:
             await _plain(send, 405, False, [(b"allow", b"GET, HEAD")])
             return
         head = method == "HEAD"
+        if self.cache.enabled:
+            entry = self.cache.get(scope.get("path") or "/", scope.get("raw_path"), scope.get("root_path") or "")
+            if entry is not None:
+                entry.users += 1
+                try:
+                    await self._file(scope, receive, send, entry, head)
+                finally:
+                    entry.release()
+                return
         target = self._target(scope)
         if isinstance(target, int):
             await _plain(send, target, head)
@@ -205,11 +283,12 @@ class StaticFiles:
         segments, trailing, mount = target
         shown = "/" + "".join(s + "/" for s in mount + segments)
         found = await asyncio.to_thread(self._lookup, segments, trailing, shown)
-        if isinstance(found, _File):
+        if isinstance(found, Entry):
+            self._admit(found, scope)
             try:
                 await self._file(scope, receive, send, found, head)
             finally:
-                found.file.close()
+                found.release()
         elif found is _REDIRECT:
             location = "/" + "".join(quote(s, safe="", errors="surrogateescape") + "/" for s in mount + segments)
             query = scope.get("query_string") or b""
@@ -229,10 +308,20 @@ class StaticFiles:
         else:
             await _plain(send, found, head)
 
-    async def _file(self, scope: dict, receive: Any, send: Any, found: _File, head: bool) -> None:
-        size = found.st.st_size
-        v = rules.Validators(found.st)
+    async def _file(self, scope: dict, receive: Any, send: Any, found: Entry, head: bool) -> None:
         request = _request_headers(scope)
+        if not request and found.headers is not None:
+            # The common request, for a cached file: its prepared head, then the body.
+            await send({"type": "http.response.start", "status": 200, "headers": found.headers})
+            if head:
+                await send({"type": "http.response.body", "body": b""})
+            elif found.body is not None:
+                await send({"type": "http.response.body", "body": found.body})
+            else:
+                await self._body(scope, receive, send, found, [(0, found.st.st_size)], found.st.st_size)
+            return
+        size = found.st.st_size
+        v = found.validators
         validators = [(b"etag", v.etag.encode()), (b"last-modified", v.last_modified.encode())]
         status = rules.precondition(request, v)
         if status == 304:
@@ -242,7 +331,7 @@ class StaticFiles:
         if status is not None:
             await _plain(send, status, head)
             return
-        ctype = rules.content_type(found.name)
+        ctype = found.ctype
         plan: list[bytes | tuple[int, int]] = [(0, size)]
         length, status, extra = size, 200, []
         ranges = self._ranges(request, v, size) if not head else None
@@ -282,11 +371,18 @@ class StaticFiles:
         return rules.parse_range(values[0], size)
 
     async def _body(
-        self, scope: dict, receive: Any, send: Any, found: _File, plan: list, length: int
+        self, scope: dict, receive: Any, send: Any, found: Entry, plan: list, length: int
     ) -> None:
         items = [item for item in plan if isinstance(item, bytes) or item[1] > 0]
         if not items:
             await send({"type": "http.response.body", "body": b""})
+            return
+        if found.body is not None:  # cached bytes: slices of memory, no file
+            body = found.body
+            for n, item in enumerate(items):
+                if not isinstance(item, bytes):
+                    item = body[item[0]:item[0] + item[1]]
+                await send({"type": "http.response.body", "body": item, "more_body": n < len(items) - 1})
             return
         zerocopy = "http.response.zerocopysend" in (scope.get("extensions") or {})
         watcher = None
@@ -334,9 +430,11 @@ async def _disconnected(receive: Any) -> None:
 def _request_headers(scope: dict) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for name, value in scope.get("headers") or ():
-        key = bytes(name).decode("latin-1").lower()
-        if key in _CONDITIONAL:
-            found.setdefault(key, []).append(bytes(value).decode("latin-1"))
+        # ASGI names are lowercase already: the set lookup decides for almost every header at once.
+        if name in _CONDITIONAL_BYTES or not name.islower():
+            key = bytes(name).decode("latin-1").lower()
+            if key in _CONDITIONAL:
+                found.setdefault(key, []).append(bytes(value).decode("latin-1"))
     return found
 
 
