@@ -68,9 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     _server_options(p)
     p.set_defaults(run=_cmd_listen)
 
-    p = sub.add_parser("relay", help="socat-like: accept on FROM, forward each connection to TO")
-    p.add_argument("source", metavar="FROM")
-    p.add_argument("target", metavar="TO")
+    p = sub.add_parser("relay", help="socat-like: accept on FROM, forward each connection to TO "
+                       "(ws:// or wss:// on either side: a WebSocket-to-TCP bridge, as websockify)")
+    p.add_argument("source", metavar="FROM", help="tcp://, tls://, unix://; or ws://HOST:PORT[/PATH] "
+                   "(wss://...?cert=..&key=..): WebSocket clients, their binary frames' bytes go to TO")
+    p.add_argument("target", metavar="TO", help="tcp://, tls://, unix://; or ws://HOST:PORT/PATH (wss://): "
+                   "each connection is carried in binary frames over a new WebSocket")
     p.add_argument("--connect-timeout", type=float, default=10.0)
     _server_options(p)
     p.set_defaults(run=_cmd_relay)
@@ -240,10 +243,22 @@ def _cmd_listen(args: argparse.Namespace) -> int:
 
 def _cmd_relay(args: argparse.Namespace) -> int:
     from socketkit.net.relay import relay_handler
+    from socketkit.web import wsbridge
 
     limits = limits_from(args)
-    return _serve_cli(args, [args.source],
-                      lambda: relay_handler(args.target, limits=limits, connect_timeout=args.connect_timeout),
+    source, target = args.source, args.target
+    if wsbridge.is_ws_url(source) and wsbridge.is_ws_url(target):
+        raise SocketkitError("relay: one side may be a WebSocket, not both (use tcp:// on one of them)")
+    if wsbridge.is_ws_url(source):
+        ep, path = wsbridge.listen_endpoint_of(source)
+        parse(target)  # a bad target fails now, with one line
+        return _serve_cli(args, [ep], lambda: wsbridge.ws_listener_handler(
+            target, path=path, limits=limits, connect_timeout=args.connect_timeout), "relay")
+    if wsbridge.is_ws_url(target):
+        return _serve_cli(args, [source], lambda: wsbridge.ws_target_handler(
+            target, limits=limits, connect_timeout=args.connect_timeout), "relay")
+    return _serve_cli(args, [source],
+                      lambda: relay_handler(target, limits=limits, connect_timeout=args.connect_timeout),
                       "relay")
 
 

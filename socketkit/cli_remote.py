@@ -54,6 +54,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _client_options(c)
     c.set_defaults(run=_cmd_copy)
 
+    d = rsub.add_parser("desktop", help="a VNC desktop in the browser: noVNC viewer + websockify-compatible bridge, "
+                        "loopback and a token by default")
+    d.add_argument("--vnc", default="tcp://127.0.0.1:5900", metavar="URL",
+                   help="the VNC server (default tcp://127.0.0.1:5900; tls:// and unix:// too)")
+    d.add_argument("--listen", action="append", metavar="URL", help="endpoint, repeatable (default "
+                   "tcp://127.0.0.1:6080; tls://HOST:PORT for HTTPS, ?verify=true&ca=FILE for client certificates)")
+    t = d.add_mutually_exclusive_group()
+    t.add_argument("--token", help="the token browsers must present (default: made up and printed)")
+    t.add_argument("--token-file", metavar="FILE", help="read the token from FILE (keeps it out of ps)")
+    d.add_argument("--audit-log", metavar="FILE", help="JSON-lines audit log (default: the data directory's)")
+    g = d.add_argument_group("limits")
+    g.add_argument("--max-connections", type=int, help="open connections (pages and sessions; default 64)")
+    g.add_argument("--max-sessions", type=int, help="desktop sessions at once (default 16)")
+    g.add_argument("--idle-timeout", type=float, metavar="S", help="seconds with nothing moving before a "
+                   "session is closed (default 3600)")
+    g.add_argument("--buffer", type=int, metavar="BYTES", help="bytes held per direction per stage (default "
+                   "262144): a slow browser slows the VNC server down instead")
+    d.set_defaults(run=_cmd_desktop)
+
     ca = rsub.add_parser("ca", help="SSH certificate authorities: init, sign-user, sign-host")
     csub = ca.add_subparsers(dest="ca_command", metavar="ACTION")
     csub.required = True
@@ -88,6 +107,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.listen:
         config.listen = list(args.listen)
     run(serve_remote(config), loop=args.loop)
+    return 0
+
+
+def _cmd_desktop(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from socketkit.net.loop import run
+    from socketkit.remote.desktop import DesktopConfig, DesktopLimits, read_token_file, serve_desktop
+
+    token = read_token_file(args.token_file) if args.token_file else args.token
+    changes = {k: v for k, v in (("max_connections", args.max_connections), ("max_bridges", args.max_sessions),
+                                 ("idle_timeout", args.idle_timeout), ("buffer", args.buffer)) if v is not None}
+    for name, value in changes.items():
+        if value <= 0:
+            raise SocketkitError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    config = DesktopConfig(vnc=args.vnc, token=token, audit_log=args.audit_log,
+                           limits=dataclasses.replace(DesktopLimits(), **changes))
+    if args.listen:
+        config.listen = list(args.listen)
+    run(serve_desktop(config), loop=args.loop)
     return 0
 
 
