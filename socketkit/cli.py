@@ -54,8 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", action="append", default=[], metavar="SERVICE=URL",
                    help="where one service listens instead of its default, e.g. web=tcp://127.0.0.1:0 "
                         "(repeatable; a service given several times listens on all of them)")
+    p.add_argument("--dashboard", metavar="URL", help="where the dashboard (the web service) listens; "
+                   "beyond loopback it wants a token (made up and printed if not given) or "
+                   "tls://...?verify=true&ca=CLIENTS.pem (mTLS)")
+    p.add_argument("--dashboard-token", metavar="TOKEN", help="the token non-loopback dashboard clients must show")
     _limits_options(p)
     p.set_defaults(run=_cmd_up)
+
+    p = sub.add_parser("status", help="what a running `socketkit up` of this user is doing (services, busiest sockets)")
+    p.add_argument("--json", action="store_true", help="the raw status as JSON")
+    p.set_defaults(run=_cmd_status)
 
     p = sub.add_parser("connect", help="netcat-like: stdin to the socket, the socket to stdout")
     p.add_argument("endpoint", help="tcp://host:port, tls://host:port, unix:///path")
@@ -166,6 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-name", default="irc.socketkit.local")
     p.add_argument("--no-sasl", action="store_true", help="do not offer SASL logins")
     p.add_argument("--user", help="after binding, drop privileges to this user (when started as root)")
+    f = p.add_argument_group("flood control (on by default: a client past it is delayed, then disconnected)")
+    f.add_argument("--flood-burst", type=int, metavar="LINES", help="lines a client may send at once (default 10)")
+    f.add_argument("--flood-rate", type=float, metavar="LINES_PER_SECOND",
+                   help="lines per second a client may keep sending after the burst (default 2)")
+    f.add_argument("--flood-queue", type=int, metavar="LINES",
+                   help="lines held back (delayed) before the client is disconnected for Excess Flood (default 50)")
+    f.add_argument("--flood-exempt", action="append", default=[], metavar="CIDR",
+                   help="clients from this network skip flood control, e.g. 10.0.0.0/8 (repeatable)")
+    f.add_argument("--flood-exempt-account", action="append", default=[], metavar="ACCOUNT",
+                   help="clients logged in (SASL) as this account skip flood control (repeatable)")
     _limits_options(p)
     p.set_defaults(run=_cmd_chat)
 
@@ -209,6 +227,25 @@ def _cmd_up(args: argparse.Namespace) -> int:
         if not sep or name not in known:
             raise SocketkitError(f"--listen {item!r}: write SERVICE=URL with SERVICE one of {', '.join(sorted(known))}")
         ctx.overrides.setdefault(name, []).append(parse(url).format())
+    if args.dashboard:
+        ep = parse(args.dashboard)
+        ctx.overrides["web"] = [ep.format()]
+        ctx.dashboard_client_certs = ep.is_tls and ep.option("verify") == "true"
+        import ipaddress
+
+        try:
+            loopback = ipaddress.ip_address(ep.host or "").is_loopback
+        except ValueError:
+            loopback = ep.host == "localhost"
+        if not loopback and not ctx.dashboard_client_certs and not args.dashboard_token:
+            import secrets
+
+            args.dashboard_token = secrets.token_urlsafe(18)
+    elif args.host not in ("127.0.0.1", "::1", "localhost") and not args.dashboard_token:
+        import secrets
+
+        args.dashboard_token = secrets.token_urlsafe(18)
+    ctx.dashboard_token = args.dashboard_token
     only = set(args.only.split(",")) if args.only else None
     if only:
         unknown = only - {s.name for s in up.SERVICES}
@@ -216,6 +253,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
             raise SocketkitError(f"--only: unknown service(s) {', '.join(sorted(unknown))}; "
                                  f"known: {', '.join(s.name for s in up.SERVICES)}")
     return _run_async(args, lambda: up.run_up(ctx, only=only))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from socketkit.dashboard.status_socket import query, render
+
+    status = query()
+    print(json.dumps(status, indent=1) if args.json else render(status))
+    return 0
 
 
 def _cmd_connect(args: argparse.Namespace) -> int:
@@ -387,9 +434,21 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     from socketkit.chat.server import DEFAULT_LISTEN, ChatConfig, run
     from socketkit.net.certs import data_dir
 
+    from socketkit.chat.core import ChatLimits
+
     limits = limits_from(args)
+    flood = {name: getattr(args, name) for name in ("flood_burst", "flood_rate", "flood_queue")
+             if getattr(args, name) is not None}
+    try:
+        chat_limits = ChatLimits(**flood, flood_exempt=tuple(args.flood_exempt),
+                                 flood_exempt_accounts=tuple(args.flood_exempt_account))
+    except ValueError as e:
+        text = str(e)
+        for field in ("flood_exempt_accounts", "flood_exempt", "flood_burst", "flood_rate", "flood_queue"):
+            text = text.replace(f"ChatLimits.{field}", "--" + field.replace("_", "-").removesuffix("s"))
+        raise SocketkitError(text) from None
     config = ChatConfig(server_name=args.server_name, data_dir=Path(args.data) if args.data else data_dir() / "chat",
-                        sasl=not args.no_sasl, backplane=args.backplane,
+                        sasl=not args.no_sasl, backplane=args.backplane, limits=chat_limits,
                         net_limits=limits.replace(idle_timeout=None) if args.idle_timeout is None else limits)
     return run(config, args.listen or list(DEFAULT_LISTEN), web=args.web or (), user=args.user, loop=args.loop)
 

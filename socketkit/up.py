@@ -52,6 +52,10 @@ class UpContext:
     closers: list[Any] = dataclasses.field(default_factory=list)  # extra async clean-ups, run at stop
     web: Any = None
     notes: dict[str, list[str]] = dataclasses.field(default_factory=dict)     # service -> lines for describe()
+    dashboard: Any = None
+    dashboard_interval: float = 1.0         # seconds between samples (tests make it short)
+    dashboard_token: str | None = None      # required from non-loopback clients of the dashboard
+    dashboard_client_certs: bool = False    # the dashboard's listeners verify client certificates (mTLS)
     details: dict[str, Callable[[], dict[str, Any]]] = dataclasses.field(default_factory=dict)
 
     def listen(self, service: str, default: str) -> list[str]:
@@ -74,19 +78,35 @@ def status(ctx: UpContext) -> list[dict[str, object]]:
                 total[key] += getattr(stats, key)
         row: dict[str, object] = {"name": r.name, "description": r.description, "endpoints": r.endpoints, **total}
         if r.details is not None:
-            row["details"] = {k: v for k, v in r.details().items() if not isinstance(v, dict)}
+            details = {k: v for k, v in r.details().items() if not isinstance(v, dict)}
+            # "units": the requests, messages, transfers or commands a service counts, charted per second
+            row["units"] = details.pop("units", 0)
+            row["details"] = details
+        else:
+            row["units"] = 0
         out.append(row)
     return out
 
 
 async def _start_web(ctx: UpContext) -> list[Server]:
+    from socketkit.dashboard.core import Dashboard
+    from socketkit.dashboard.app import DashboardApp
     from socketkit.web import WebServer
     from socketkit.web.config import WEB_LIMITS, WebConfig
-    from socketkit.web.landing import LandingApp
 
-    ctx.landing = LandingApp(lambda: status(ctx))
+    dash = Dashboard(lambda: status(ctx), lambda: ctx.running, interval=ctx.dashboard_interval)
+    ctx.dashboard = dash
+    ctx.landing = DashboardApp(dash, token=ctx.dashboard_token, client_certs=ctx.dashboard_client_certs)
     ctx.web = WebServer(WebConfig(app=ctx.landing, limits=WEB_LIMITS))
-    return [await ctx.web.start(ctx.listen("web", f"tcp://{ctx.host}:8080"))]
+    servers = [await ctx.web.start(ctx.listen("web", f"tcp://{ctx.host}:8080"))]
+    await dash.start()
+
+    async def stop_dashboard() -> None:
+        ctx.landing.close()
+        await dash.aclose()
+
+    ctx.closers.append(stop_dashboard)
+    return servers
 
 
 SERVICES: list[Service] = [
@@ -112,6 +132,7 @@ async def _start_mail(ctx: UpContext) -> list[Server]:
             inbox.close()
 
         ctx.closers.append(end_live_streams)
+    ctx.details["mail"] = lambda: {"units": mail.accepted, "not stored": mail.failed}  # messages stored
     return [mail.server]
 
 
@@ -146,7 +167,11 @@ async def _start_peer(ctx: UpContext) -> list[Server]:
         f"socketkit peer send|receive --mailbox {relay.mailbox_url} --transit-relay {relay.transit_url}",
         f"wormhole --relay-url {relay.mailbox_url} --transit-helper {helper} send|receive",
     ]
-    ctx.details["peer"] = relay.stats
+    def peer_details() -> dict[str, Any]:
+        stats = relay.stats()
+        return {**stats, "units": stats["mailbox"].get("messages_in", 0)}  # mailbox messages handled
+
+    ctx.details["peer"] = peer_details
     return relay.mailbox_servers + relay.transit_servers
 
 
@@ -181,12 +206,23 @@ async def stop_all(ctx: UpContext, drain: float | None = None) -> None:
     ctx.running.clear()
 
 
-def describe(running: list[Running], out: TextIO) -> None:
+def _http_url(endpoint: str) -> str:
+    scheme, _, rest = endpoint.partition("://")
+    rest = rest.split("?", 1)[0]
+    host, _, port = rest.rpartition(":")
+    if host in ("0.0.0.0", "[::]"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+    return f"{'https' if scheme == 'tls' else 'http'}://{host}:{port}/"
+
+
+def describe(running: list[Running], out: TextIO, dashboard: str | None = None) -> None:
     out.write("socketkit is up:\n")
     for r in running:
         out.write(f"  {r.name:<8} {', '.join(r.endpoints):<40} {r.description}\n")
         for note in r.notes:
             out.write(f"  {'':<8}   {note}\n")
+    if dashboard:
+        out.write(f"Open the dashboard: {dashboard}\n")
     out.write("Press Ctrl-C to stop.\n")
     out.flush()
 
@@ -201,12 +237,26 @@ async def run_up(ctx: UpContext, *, only: set[str] | None = None, out: TextIO = 
         except (NotImplementedError, RuntimeError, ValueError):
             pass
     await start_all(ctx, only)
-    describe(ctx.running, out)
+    status_server = None
+    if ctx.dashboard is not None:
+        from socketkit.dashboard.status_socket import start_status_socket
+
+        try:
+            status_server = await start_status_socket(ctx.dashboard)
+        except Exception as e:  # noqa: BLE001 - another `up` of this user has it: the services still run
+            out.write(f"(no `socketkit status` for this one: {e})\n")
+    dashboard = None
+    web = next((r for r in ctx.running if r.name == "web"), None)
+    if ctx.dashboard is not None and web is not None and web.endpoints:
+        dashboard = _http_url(web.endpoints[0]) + (f"?token={ctx.dashboard_token}" if ctx.dashboard_token else "")
+    describe(ctx.running, out, dashboard)
     try:
         await stop.wait()
     finally:
         out.write("stopping...\n")
         out.flush()
+        if status_server is not None:
+            await status_server.aclose(drain=0)
         await stop_all(ctx)
         out.write("stopped.\n")
         out.flush()

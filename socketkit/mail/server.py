@@ -38,6 +38,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from socketkit.dashboard.events import emit
+from socketkit.dashboard.metrics import observe
 from socketkit.errors import DeadlineError, SocketkitError, TLSError
 from socketkit.mail.maildir import MailStore
 from socketkit.net.endpoint import Endpoint
@@ -181,6 +183,21 @@ def received_header(msg: Message, *, hostname: str, peer: str, queue_id: str, eh
 _queue_ids = itertools.count(secrets.randbits(32))
 
 
+def _subject(data: bytes) -> str:
+    """The Subject of a message, for the event stream (decoded as the inbox shows it; best effort)."""
+    head = data[:data.find(b"\r\n\r\n") if b"\r\n\r\n" in data[:65536] else 65536]
+    for line in head.split(b"\r\n"):
+        if line[:8].lower() == b"subject:":
+            from email.header import decode_header, make_header
+
+            raw = line[8:].strip().decode("utf-8", "replace")
+            try:
+                return str(make_header(decode_header(raw)))[:200]
+            except Exception:  # noqa: BLE001 - a malformed encoded-word: show it as it came
+                return raw[:200]
+    return ""
+
+
 def _queue_id() -> str:
     """A 12-hex-digit id for Received: and the logs: the process id and a counter that starts at random,
     so ids from workers and restarts do not repeat in practice (no system call per message)."""
@@ -311,6 +328,16 @@ class _Session:
         self.peer = _peer_text(stream)
         self.ehlo = True
         self.data_deadline: float | None = None  # set while the client sends a DATA block
+        stream.info = self._describe  # what the dashboard's connections view shows (asked for, never pushed)
+
+    def _describe(self) -> dict[str, str]:
+        conn = self.conn
+        info = {"protocol": "smtp", "helo": conn.helo or ""}
+        if conn._mail_from is not None:
+            rcpts = conn._rcpts
+            info["envelope"] = f"<{conn._mail_from}> to " + ", ".join(f"<{r}>" for r in rcpts[:3]) + (
+                f" and {len(rcpts) - 3} more" if len(rcpts) > 3 else "")
+        return info
 
     async def run(self) -> None:
         conn, stream = self.conn, self.stream
@@ -386,14 +413,19 @@ class _Session:
         return self.conn.auth_result(ok)
 
     async def _message(self, msg: Message) -> list[Event]:
+        started = self.loop.time()
         try:
             queue_id = await self.server.store_message(msg, self.peer, self.ehlo)
         except (OSError, SocketkitError):
             self.server.failed += 1
             log.exception("mail: could not store a message from %s", self.peer)
+            emit("mail not stored", service="mail", sender=msg.mail_from, peer=self.peer)
             return self.conn.message_failed()
+        observe("smtp_delivery", self.loop.time() - started)
         self.server.accepted += 1
         log.info("mail: stored %s from <%s> for %d recipient(s)", queue_id, msg.mail_from, len(msg.rcpt_tos))
+        emit("mail received", service="mail", sender=msg.mail_from, to=", ".join(msg.rcpt_tos[:5]),
+             subject=_subject(msg.data), size=len(msg.data))
         return self.conn.message_stored(queue_id)
 
     async def _starttls(self) -> bool:

@@ -13,8 +13,10 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
+from socketkit.dashboard.events import emit
 from socketkit.errors import ListenError
 from socketkit.net.driver import Driver, inline_supported
 from socketkit.net.endpoint import Endpoint, parse
@@ -84,6 +86,8 @@ class Server:
         self.refused = 0
         self.errors = 0
         self.idle_closed = 0
+        self._hits: dict[str, int] = {}
+        self._hits_told: dict[str, float] = {}
 
     # -- counters -------------------------------------------------------------------------------
     @property
@@ -198,6 +202,8 @@ class Server:
     def _accepted(self, stream: Stream) -> None:
         if not self._accepting or len(self._streams) >= self.limits.max_connections or self._tg is None:
             self.refused += 1
+            if self._accepting:
+                self._limit_hit("connections refused", "max_connections", self.limits.max_connections)
             if self.refuse_message and self._accepting:
                 stream._transport.write(self.refuse_message)
             stream.close()
@@ -247,10 +253,20 @@ class Server:
                 since = prev[3] if prev is not None and prev[:3] == moved else now
                 if now - since >= idle:
                     self.idle_closed += 1
+                    self._limit_hit("idle connections closed", "idle_timeout", idle)
                     s.close()
                     continue
                 current[s] = (*moved, since)
             seen = current
+
+    def _limit_hit(self, what: str, limit: str, value: object) -> None:
+        """One event per second at most for the dashboard, with how many since the last (a flood of refusals
+        must not flood the event log too)."""
+        self._hits[what] = self._hits.get(what, 0) + 1
+        now = time.monotonic()
+        if now - self._hits_told.get(what, 0.0) >= 1.0:
+            emit(what, service=self.name, count=self._hits.pop(what), limit=f"{limit}={value}")
+            self._hits_told[what] = now
 
     # -- stop -----------------------------------------------------------------------------------
     async def aclose(self, drain: float | None = None) -> None:

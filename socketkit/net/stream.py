@@ -127,6 +127,7 @@ class Stream(FramedReads, Lifecycle):
         self._abort_handle: asyncio.TimerHandle | None = None  # bounds the flush after close()
         self.bytes_in = 0
         self.bytes_out = 0
+        self.opened_at = self._loop.time()  # for status pages: a connection's age
 
     # -- protocol callbacks -------------------------------------------------------------------
     def _attach(self, transport: asyncio.Transport) -> None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from socketkit.dashboard.events import emit
 from socketkit.errors import SocketkitError
 from socketkit.net.relay import pump
 from socketkit.net.stream import Stream
@@ -30,6 +31,11 @@ if TYPE_CHECKING:
     from socketkit.peer.relay_store import RelayStore
 
 log = logging.getLogger("socketkit.peer.relay")
+
+
+def _where(stream: Stream) -> str:
+    peer = stream.peer
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
 class _Peer:
@@ -150,6 +156,10 @@ class TransitService:
 
     async def _relay(self, peer: _Peer, partner: _Peer) -> None:
         stream = peer.stream
+        stream.info = {"protocol": "transit relay", "paired with": _where(partner.stream)}
+        if peer.cid < partner.cid:
+            emit("transfer through the relay started", service="peer", between=f"{_where(stream)} and "
+                 f"{_where(partner.stream)}")
         peer.base = stream.bytes_in - len(peer.first)
         try:
             if peer.first:
@@ -160,6 +170,10 @@ class TransitService:
             peer.done.set()
         # Our direction is over; the other may still flow (a half-close): the pair ends with both.
         await partner.done.wait()
+        if peer.cid < partner.cid:
+            took = time.time() - min(peer.started, partner.started)
+            emit("transfer relayed", service="peer", bytes=peer.moved + partner.moved, seconds=round(took, 1),
+                 rate=f"{(peer.moved + partner.moved) / max(took, 1e-3) / 1e6:.1f} MB/s")
         if peer.cid < partner.cid and self.store is not None:
             total = peer.moved + partner.moved
             started = min(peer.started, partner.started)

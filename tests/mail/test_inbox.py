@@ -26,7 +26,8 @@ from socketkit.mail.inbox import Inbox, decode_id, encode_id
 from socketkit.mail.maildir import MailStore
 from socketkit.mail.server import MailConfig
 from socketkit.mail.server import start as start_mail
-from socketkit.web.landing import LandingApp
+from socketkit.dashboard.app import DashboardApp
+from socketkit.dashboard.core import Dashboard
 
 BOB = "bob@example.org"
 
@@ -312,9 +313,9 @@ async def test_slow_client_is_dropped_and_delivery_goes_on(store: MailStore):
 
 
 # -- mounted, and end to end ------------------------------------------------------------------------
-async def test_mounted_under_the_landing_page(store: MailStore):
+async def test_mounted_under_the_dashboard(store: MailStore):
     mid = await put(store, LEGACY)
-    landing = LandingApp(lambda: [])
+    landing = DashboardApp(Dashboard(lambda: [], lambda: []))
     landing.mount("/mail", Inbox(store), "Mail inbox")
     async with serving(landing) as client:
         r = await client.get("/mail")
@@ -324,7 +325,7 @@ async def test_mounted_under_the_landing_page(store: MailStore):
         assert [m["id"] for m in (await client.get("/mail/api/messages")).json()] == [mid]
         assert (await client.get(f"/mail/api/messages/{mid}/raw")).content == LEGACY
         assert (await client.head("/mail/api/messages")).content == b""
-        assert 'href="mail/"' in (await client.get("/")).text
+        assert {"href": "mail/", "title": "Mail inbox"} in (await client.get("/api/status")).json()["pages"]
 
 
 async def test_smtp_to_inbox_end_to_end(tmp_path: Path):
