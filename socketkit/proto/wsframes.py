@@ -92,28 +92,41 @@ def _lane_tables() -> list[bytes]:
 def mask(data: bytes | bytearray | memoryview, key: bytes, phase: int = 0) -> bytes | bytearray:
     """`data` XOR the 4-byte `key` repeated, starting at byte `phase` of the key (masking is its own inverse)."""
     n = len(data)
-    if phase:
-        key = key[phase:] + key[:phase]
     if n < _SMALL:
         if not n:
             return b""
+        if phase:
+            key = key[phase:] + key[:phase]
         reps = key * (n // 4 + 1)
         return (int.from_bytes(data, "little") ^ int.from_bytes(reps[:n], "little")).to_bytes(n, "little")
+    out = bytearray(n)
+    mask_into(out, 0, data, key, phase)
+    return out
+
+
+def mask_into(out: bytearray, at: int, data: bytes | bytearray | memoryview, key: bytes, phase: int = 0) -> None:
+    """Write `data` masked with `key` (from byte `phase` of it) into out[at:at + len(data)]."""
+    n = len(data)
+    if phase:
+        key = key[phase:] + key[:phase]
+    if n < _SMALL:
+        if n:
+            reps = key * (n // 4 + 1)
+            out[at:at + n] = (int.from_bytes(data, "little") ^ int.from_bytes(reps[:n], "little")).to_bytes(n, "little")
+        return
     if _np is not None:
-        out = bytearray(n)
         whole = n >> 3
-        src = _np.frombuffer(data, dtype=_np.uint64, count=whole)
-        _np.bitwise_xor(src, _np.frombuffer(key * 2, dtype=_np.uint64)[0],
-                        out=_np.frombuffer(out, dtype=_np.uint64, count=whole))
+        _np.bitwise_xor(_np.frombuffer(data, dtype=_np.uint64, count=whole),
+                        _np.frombuffer(key * 2, dtype=_np.uint64)[0],
+                        out=_np.frombuffer(out, dtype=_np.uint64, count=whole, offset=at))
         tail = whole << 3
         if tail != n:  # at most 7 bytes; the key's phase is unchanged at a multiple of 8
-            out[tail:] = mask(memoryview(data)[tail:], key)
-        return out
-    out = bytearray(data)
+            out[at + tail:at + n] = mask(memoryview(data)[tail:], key)
+        return
     tables = _lane_tables()
+    out[at:at + n] = data
     for lane in range(4):
-        out[lane::4] = out[lane::4].translate(tables[key[lane]])
-    return out
+        out[at + lane:at + n:4] = out[at + lane:at + n:4].translate(tables[key[lane]])
 
 
 # -- writing frames ----------------------------------------------------------------------------------
@@ -161,7 +174,7 @@ class FrameParser:
     """
 
     __slots__ = ("masked", "text", "closed", "_left", "_key", "_phase", "_control", "_opcode", "_fin",
-                 "_in_message", "_message_text", "_head", "_starts")
+                 "_in_message", "_message_text", "_head", "_starts", "filled")
 
     def __init__(self, *, masked: bool, text: bool = False) -> None:
         self.masked = masked
@@ -177,8 +190,19 @@ class FrameParser:
         self._message_text = False
         self._head = b""          # a header split between two reads
         self._starts = False      # a MessageStart is due (text=True parsers only)
+        self.filled = 0           # feed_into: payload bytes written so far
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[object]:
+        return self._feed(data, None)
+
+    def feed_into(self, data: bytes | bytearray | memoryview, into: bytearray) -> tuple[int, list[object]]:
+        """The payload of every data frame in `data`, unmasked into `into` (at least len(data) long), one
+        after the other: (bytes written, the other events). For bridges: one write per read."""
+        self.filled = 0
+        events = self._feed(data, into)
+        return self.filled, events
+
+    def _feed(self, data: bytes | bytearray | memoryview, into: bytearray | None) -> list[object]:
         out: list[object] = []
         if self.closed:
             return out
@@ -195,15 +219,23 @@ class FrameParser:
                     if view is None:
                         view = memoryview(data)
                     piece = view[pos:pos + take]
-                if self.masked:
-                    piece = mask(piece, self._key, self._phase)
-                    self._phase = (self._phase + take) & 3
                 pos += take
                 self._left = left - take
-                if self._control is not None:
-                    self._control += piece
+                if into is not None and self._control is None:
+                    if self.masked:
+                        mask_into(into, self.filled, piece, self._key, self._phase)
+                        self._phase = (self._phase + take) & 3
+                    else:
+                        into[self.filled:self.filled + take] = piece
+                    self.filled += take
                 else:
-                    out.append(piece)
+                    if self.masked:
+                        piece = mask(piece, self._key, self._phase)
+                        self._phase = (self._phase + take) & 3
+                    if self._control is not None:
+                        self._control += piece
+                    else:
+                        out.append(piece)
                 if not self._left:
                     self._frame_done(out)
                     if self.closed:
