@@ -1,13 +1,19 @@
 """IRC chat fan-out: socketkit's chat server against ngIRCd under the same load, in one run.
 
-    python bench/chat.py [--clients 500] [--channels 10] [--rate 1.0] [--seconds 20] [--repeat 1]
+    python bench/chat.py [--clients 500] [--channels 10] [--rates 2000,8000] [--seconds 10] [--find-max]
 
 CLIENTS clients connect and register (NICK/USER, PING answered with PONG), join one of CHANNELS
-channels (round robin), and then each sends PRIVMSG to its channel RATE times a second, at a random
-phase, for SECONDS: an open loop, the same offered load (the same send times, seeded) for every
-server. Each line carries its send time (time.monotonic_ns, one clock for all the load processes)
-and a sequence number; the receivers count the deliveries and their latency. After a short drain
-the deliveries still missing count as lost.
+channels (round robin), and then all of them together send RATE PRIVMSG lines a second to their
+channels (each client RATE/CLIENTS a second, at a random phase) for SECONDS: an open loop, the same
+offered load (the same send times, seeded) for every server. Each line carries its send time
+(time.monotonic_ns, one clock for all the load processes) and a sequence number; the receivers count
+the deliveries and their latency. After a short drain the deliveries still missing count as lost.
+Every rate of --rates is a separate run on a fresh server; --find-max then raises the rate step by
+step, for each server, until a run loses deliveries or its p99 latency passes --max-p99.
+
+Flood limits: both servers get the documented settings that let the offered load through (socketkit:
+--flood-rate/--flood-burst; ngircd: MaxPenaltyTime = 0 in ngircd.conf), and only when the load needs
+them; the output says which were set.
 
 Memory is the RSS of the server's process group before any client connects, once every client has
 joined, and after the drain with the clients still connected; the difference over the clients
@@ -63,7 +69,7 @@ ALL = (OURS, PEER)
 READY_TIMEOUT = 15.0
 SETTLE = 0.5  # seconds the server gets to finish a burst (JOIN fan-out) before its memory is sampled
 
-# The flood limits of both servers, which the offered load has to stay under (see the README).
+# The servers' default flood limits (see the README): a load above them gets the documented settings.
 SOCKETKIT_LINES_PER_S, SOCKETKIT_BURST = 2.0, 10
 NGIRCD_BYTES_PER_S, NGIRCD_CMDS_PER_READ = 256, 3  # ngircd: COMMAND_LEN / 2, MAX_COMMANDS
 
@@ -89,7 +95,7 @@ NGIRCD_CONF = """\
 	MaxNickLength = 30
 	PingTimeout = 120
 	PongTimeout = 60
-[Options]
+{limits}[Options]
 	DNS = no
 	Ident = no
 	PAM = no
@@ -97,10 +103,38 @@ NGIRCD_CONF = """\
 """
 
 
+# ---------------------------------------------------------------- flood settings
+
+
+@dataclass(frozen=True)
+class Flood:
+    """The flood settings a load needs on each server (empty: the defaults let it through)."""
+
+    ours: tuple[str, ...]   # extra `socketkit chat` flags
+    peer: tuple[str, ...]   # extra ngircd.conf [Limits] lines
+
+    def describe(self) -> str:
+        ours = " ".join(self.ours) or "defaults"
+        peer = "; ".join(self.peer) or "defaults"
+        return f"flood settings: socketkit {ours}; ngircd {peer}"
+
+
+def flood_for(per_client: float, line_bytes: int) -> Flood:
+    ours: tuple[str, ...] = ()
+    if per_client > SOCKETKIT_LINES_PER_S * 0.75:
+        # Twice the offered rate sustained, and a burst that absorbs a load generator running late.
+        rate = max(SOCKETKIT_LINES_PER_S, 2 * per_client)
+        ours = ("--flood-rate", f"{rate:g}", "--flood-burst", str(max(SOCKETKIT_BURST, round(2 * per_client))))
+    peer: tuple[str, ...] = ()
+    if per_client * line_bytes >= NGIRCD_BYTES_PER_S * 0.75 or per_client > 1:
+        peer = ("MaxPenaltyTime = 0",)  # ngircd.conf(5): 0 disables penalties (its flood throttle)
+    return Flood(ours, peer)
+
+
 # ---------------------------------------------------------------- the servers
 
 
-def ngircd_argv(port: int, tmp: Path) -> list[str]:
+def ngircd_argv(port: int, tmp: Path, flood: Flood) -> list[str]:
     ngircd = shutil.which("ngircd") or ("/usr/sbin/ngircd" if os.path.exists("/usr/sbin/ngircd") else None)
     if ngircd is None:
         raise BenchError("ngircd not installed (apt-get install ngircd)")
@@ -109,9 +143,11 @@ def ngircd_argv(port: int, tmp: Path) -> list[str]:
     (run_dir / "ngircd.motd").write_text("socketkit chat benchmark\n")
     (run_dir / "ngircd.help").write_text("")
     conf = run_dir / "ngircd.conf"
+    limits = "".join(f"\t{line}\n" for line in flood.peer)
     # Our own uid/gid: as root, ngircd would otherwise switch to an unprivileged user that may not
     # be able to read the temporary directory.
-    conf.write_text(NGIRCD_CONF.format(host=HOST, port=port, tmp=run_dir, uid=os.getuid(), gid=os.getgid()))
+    conf.write_text(NGIRCD_CONF.format(host=HOST, port=port, tmp=run_dir, uid=os.getuid(), gid=os.getgid(),
+                                       limits=limits))
     try:
         done = subprocess.run(
             [ngircd, "--configtest", "-f", str(conf)], capture_output=True, text=True, timeout=15
@@ -126,10 +162,13 @@ def ngircd_argv(port: int, tmp: Path) -> list[str]:
     return [ngircd, "-n", "-f", str(conf)]  # -n: stay in the foreground, in our process group
 
 
-def server_argv(name: str, port: int, tmp: Path) -> list[str]:
+def server_argv(name: str, port: int, tmp: Path, flood: Flood) -> list[str]:
     if name == OURS:
-        return [sys.executable, "-m", "socketkit", "chat", "--listen", f"tcp://{HOST}:{port}"]
-    return ngircd_argv(port, tmp)
+        # History on (the default), in a fresh directory of its own: never the user's data directory.
+        data = tempfile.mkdtemp(prefix=f"socketkit-{port}-", dir=tmp)
+        return [sys.executable, "-m", "socketkit", "chat", "--listen", f"tcp://{HOST}:{port}", "--data", data,
+                *flood.ours]
+    return ngircd_argv(port, tmp, flood)
 
 
 def ngircd_version() -> str:
@@ -147,6 +186,7 @@ def ngircd_version() -> str:
 
 @dataclass
 class Run:
+    offered: float  # msgs/s offered in total
     sent_rate: float
     delivered_rate: float
     p50_ms: float
@@ -178,7 +218,7 @@ class Run:
         return out
 
 
-def percentile(sorted_values: list[int], q: float) -> float:
+def percentile(sorted_values, q: float) -> float:
     if not sorted_values:
         return float("nan")
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
@@ -195,11 +235,13 @@ def random_tag(rng: random.Random) -> str:
     return "k" + "".join(rng.choice(string.ascii_lowercase) for _ in range(3))
 
 
-def measure(name: str, args: argparse.Namespace, tmp: Path, seed: int, tag: str) -> Run:
-    from chat_client import run_load
+def measure(name: str, args: argparse.Namespace, tmp: Path, seed: int, tag: str, total: float) -> Run:
+    from chat_client import Plan, run_load
 
     port = free_port()
-    argv = server_argv(name, port, tmp)
+    each = total / args.clients
+    line_bytes = Plan(0, args.clients, args.channels, each, args.seconds, 0, tag, 0, 0).line_bytes()
+    argv = server_argv(name, port, tmp, flood_for(each, line_bytes))
     with server_process(argv, port, name=name, ready_timeout=READY_TIMEOUT) as child:
         time.sleep(SETTLE)
         marks: dict[str, float | int | None] = {"rss0": group_rss_kib(child.pid)}
@@ -217,7 +259,7 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, seed: int, tag: str)
             "port": port,
             "clients": args.clients,
             "channels": args.channels,
-            "rate": args.rate,
+            "rate": each,
             "seconds": args.seconds,
             "drain": args.drain,
             "tag": tag,
@@ -244,6 +286,7 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, seed: int, tag: str)
         cpu = (marks["cpu1"] - marks["cpu0"]) / (marks["t1"] - marks["t0"])
     rss0, rss_j, rss_e = marks.get("rss0"), marks.get("rss_joined"), marks.get("rss_end")
     return Run(
+        offered=total,
         sent_rate=load.sent / args.seconds,
         delivered_rate=load.delivered / args.seconds,
         p50_ms=percentile(lat, 0.50) / 1e6,
@@ -283,31 +326,36 @@ def med(values: list[float | None]) -> float | None:
     return median(got) if got else None
 
 
+def label(total: float) -> str:
+    return f"{BENCH}@{total:g}"
+
+
 def describe_run(name: str, run: Run, args: argparse.Namespace) -> list[str]:
     """The '#' lines under a server's result: everything needed to trust (or not) its number."""
     load = run.load
     late = sorted(load.late_ns)
+    at = label(run.offered)
     lines = [
-        f"{BENCH} {name}: {load.joined}/{load.clients} clients joined in {load.register_seconds:.1f} s; "
+        f"{at} {name}: {load.joined}/{load.clients} clients joined in {load.register_seconds:.1f} s; "
         f"sent {fmt(run.sent_rate)} msgs/s, delivered {fmt(run.delivered_rate)} msgs/s "
         f"({load.delivered:,} of {load.expected:,} expected, {load.lost:,} lost); "
         f"latency p50 {ms(run.p50_ms)} ms, p99 {ms(run.p99_ms)} ms, max {ms(run.max_ms)} ms",
-        f"{BENCH} {name}: server RSS {mib(run.rss[0])} before, {mib(run.rss[1])} joined "
+        f"{at} {name}: server RSS {mib(run.rss[0])} before, {mib(run.rss[1])} joined "
         f"({kib(run.kib_joined)} KiB/client), {mib(run.rss[2])} at the end ({kib(run.kib_end)} KiB/client); "
         f"server cpu {pct(run.server_cpu)}; load generator cpu {pct(load.client_cpu)} over {args.procs} processes, "
         f"send lateness p99 {ms(percentile(late, 0.99) / 1e6)} ms, max {ms((late[-1] / 1e6) if late else None)} ms",
     ]
     if load.join_errors:
-        lines.append(f"{BENCH} {name}: not joined: {describe_counts(load.join_errors)}")
+        lines.append(f"{at} {name}: not joined: {describe_counts(load.join_errors)}")
     if load.notices:
-        lines.append(f"{BENCH} {name}: server notices/errors while sending: {describe_counts(load.notices)}")
+        lines.append(f"{at} {name}: server notices/errors while sending: {describe_counts(load.notices)}")
     if load.disconnects:
-        lines.append(f"{BENCH} {name}: disconnected while sending: {describe_counts(load.disconnects)}")
+        lines.append(f"{at} {name}: disconnected while sending: {describe_counts(load.disconnects)}")
     if load.errors:
-        lines.append(f"{BENCH} {name}: load generator: {describe_counts(load.errors)}")
+        lines.append(f"{at} {name}: load generator: {describe_counts(load.errors)}")
     if load.out_of_order or load.garbled:
         lines.append(
-            f"{BENCH} {name}: {load.out_of_order:,} out-of-order, {load.garbled:,} garbled deliveries"
+            f"{at} {name}: {load.out_of_order:,} out-of-order, {load.garbled:,} garbled deliveries"
         )
     return lines
 
@@ -315,6 +363,7 @@ def describe_run(name: str, run: Run, args: argparse.Namespace) -> list[str]:
 @dataclass
 class Summary:
     rate: float
+    lost: int
     p99: float | None
     kib: float | None
     problems: Counter[str]
@@ -326,66 +375,44 @@ def summarize(runs: list[Run]) -> Summary:
         problems.update(r.problems)
     return Summary(
         rate=median([r.delivered_rate for r in runs]),
+        lost=sum(r.load.lost for r in runs),
         p99=med([r.p99_ms for r in runs]),
         kib=med([r.kib_joined for r in runs]),
         problems=problems,
     )
 
 
-def comparison_lines(ours: Summary | None, peer: Summary | None) -> list[str]:
-    dirty = [
-        f"{who} {describe_counts(s.problems)}"
-        for who, s in (("ours", ours), ("peer", peer))
-        if s and s.problems
-    ]
-    why_na = "errors" if dirty else ""
-    suffix = f" (errors: {'; '.join(dirty)})" if dirty else ""
+def comparison_lines(at: str, ours: Summary | None, peer: Summary | None) -> list[str]:
+    """delivered (ours >= peer), p99 (ours <= peer), memory per client (ours <= peer). A run that lost
+    deliveries on our side voids our verdicts; the peer losing some only makes the comparison say so."""
+    ours_dirty = bool(ours and ours.problems)
+    peer_dirty = bool(peer and peer.problems)
+    why_na = "errors" if ours_dirty else ""
+    notes = [f"{who} {describe_counts(s.problems)}" for who, s in (("ours", ours), ("peer", peer)) if s and s.problems]
+    suffix = f" (errors: {'; '.join(notes)})" if notes else ""
 
-    rate_line = ratio_line(BENCH, PEER, ours.rate if ours else None, peer.rate if peer else None)
+    rate_line = ratio_line(at, f"{PEER} delivered msgs/s", ours.rate if ours else None, peer.rate if peer else None)
     ratio = ours.rate / peer.rate if ours and peer and peer.rate else None
     rate_line += target_verdict(ratio, 1.0, why_na=why_na) + suffix
 
-    a, b = (ours.p99 if ours else None), (peer.p99 if peer else None)
-    ratio = a / b if a is not None and b else None
-    if why_na:
-        verdict = f"n/a, {why_na}"
-    else:
-        verdict = "n/a" if ratio is None else ("met" if ratio <= 1.0 else "MISSED")
-    p99_line = (
-        f"{BENCH} {PEER} p99: ours {f'{ms(a)} ms' if a is not None else 'FAILED'}, "
-        f"peer {f'{ms(b)} ms' if b is not None else 'FAILED'}, ratio {f'{ratio:.2f}' if ratio is not None else 'n/a'} "
-        f"(target <= 1.0: {verdict})"
-    )
+    def at_most(what: str, a: float | None, b: float | None, unit: str, show) -> str:
+        ratio = a / b if a is not None and b else None
+        if why_na:
+            verdict = f"n/a, {why_na}"
+        else:
+            verdict = "n/a" if ratio is None else ("met" if ratio <= 1.0 else "MISSED")
+        if peer_dirty and verdict in ("met", "MISSED"):
+            verdict += ", peer had errors"
+        return (f"{at} {PEER} {what}: ours {f'{show(a)} {unit}' if a is not None else 'FAILED'}, "
+                f"peer {f'{show(b)} {unit}' if b is not None else 'FAILED'}, "
+                f"ratio {f'{ratio:.2f}' if ratio is not None else 'n/a'} (target <= 1.0: {verdict})")
 
-    a, b = (ours.kib if ours else None), (peer.kib if peer else None)
-    ratio = a / b if a is not None and b else None
-    mem_line = (
-        f"{BENCH} {PEER} memory: ours {f'{kib(a)} KiB/client' if ours else 'FAILED'}, "
-        f"peer {f'{kib(b)} KiB/client' if peer else 'FAILED'}, ratio {f'{ratio:.2f}' if ratio is not None else 'n/a'} "
-        "(informational)"
-    )
-    return [rate_line, p99_line, mem_line]
+    return [rate_line,
+            at_most("p99", ours.p99 if ours else None, peer.p99 if peer else None, "ms", ms),
+            at_most("memory", ours.kib if ours else None, peer.kib if peer else None, "KiB/client", kib)]
 
 
 # ---------------------------------------------------------------- the harness
-
-
-def flood_notes(args: argparse.Namespace, line_bytes: int) -> list[str]:
-    out = [
-        f"flood limits: socketkit {SOCKETKIT_LINES_PER_S:g} lines/s per client sustained (burst {SOCKETKIT_BURST}); "
-        f"ngircd delays a client by a 1 s penalty past {NGIRCD_BYTES_PER_S} bytes/s or {NGIRCD_CMDS_PER_READ} "
-        f"commands in one read; offered: {args.rate:g} lines/s x {line_bytes} bytes = "
-        f"{args.rate * line_bytes:,.0f} bytes/s per client"
-    ]
-    if args.rate > SOCKETKIT_LINES_PER_S:
-        out.append(
-            f"warning: --rate {args.rate:g} exceeds socketkit's sustained {SOCKETKIT_LINES_PER_S:g} lines/s"
-        )
-    if args.rate * line_bytes >= NGIRCD_BYTES_PER_S:
-        out.append(
-            f"warning: {args.rate * line_bytes:,.0f} bytes/s per client trips ngircd's {NGIRCD_BYTES_PER_S} bytes/s throttle"
-        )
-    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -394,8 +421,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--channels", type=int, default=10, help="channels; clients join them round robin (default 10)"
     )
-    p.add_argument("--rate", type=float, default=1.0, help="PRIVMSG lines per second per client (default 1)")
-    run_options(p, ALL, seconds=20.0, repeat=1, seconds_help="sending window per run (default 20)")
+    p.add_argument("--rates", default="2000,8000", metavar="MSGS_PER_S,...",
+                   help="PRIVMSG lines per second sent by all clients together; a run for each (default 2000,8000)")
+    run_options(p, ALL, seconds=10.0, repeat=1, seconds_help="sending window per run (default 10)")
     p.add_argument("--procs", type=int, default=4, help="load generator processes (default 4)")
     p.add_argument("--drain", type=float, default=3.0, help="seconds to wait for late deliveries (default 3)")
     p.add_argument(
@@ -404,17 +432,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=30.0,
         help="deadline for all clients to register and join (default 30)",
     )
+    p.add_argument("--find-max", action="store_true",
+                   help="then raise the rate for each server until it loses deliveries or p99 passes --max-p99")
+    p.add_argument("--max-p99", type=float, default=100.0, metavar="MS", help="--find-max's latency bound (default 100)")
+    p.add_argument("--step", type=float, default=1.25, help="--find-max: each rate is the last one times this (default 1.25)")
+    p.add_argument("--start", type=float, metavar="MSGS_PER_S", help="--find-max's first rate (default: the last of --rates)")
+    p.add_argument("--limit", type=float, default=200_000, metavar="MSGS_PER_S", help="--find-max stops here (default 200000)")
     args = p.parse_args(argv)
-    if min(args.clients, args.channels, args.repeat, args.procs) < 1 or args.rate <= 0 or args.seconds <= 0:
-        p.error("--clients, --channels, --repeat, --procs, --rate and --seconds must be positive")
+    try:
+        args.totals = [float(r) for r in args.rates.split(",") if r.strip()]
+    except ValueError:
+        p.error(f"--rates {args.rates!r}: comma-separated numbers, e.g. 2000,8000")
+    if not args.totals or min(args.totals) <= 0:
+        p.error("--rates needs at least one positive rate")
+    if min(args.clients, args.channels, args.repeat, args.procs) < 1 or args.seconds <= 0:
+        p.error("--clients, --channels, --repeat, --procs and --seconds must be positive")
     if args.channels > args.clients:
         p.error("--channels must not exceed --clients")
     if args.drain < 0 or args.register_timeout <= 0:
         p.error("--drain must be >= 0 and --register-timeout positive")
+    if args.step <= 1.0 or args.max_p99 <= 0:
+        p.error("--step must be above 1 and --max-p99 positive")
     args.names = [n.strip() for n in args.only.split(",") if n.strip()] or list(ALL)
     if unknown := [n for n in args.names if n not in ALL]:
         p.error(f"unknown server {', '.join(unknown)}; choose from {', '.join(ALL)}")
     return args
+
+
+def sustained(run: Run, max_p99: float) -> bool:
+    return not run.problems and run.p99_ms == run.p99_ms and run.p99_ms < max_p99
+
+
+def find_max(name: str, args: argparse.Namespace, tmp: Path, rng: random.Random) -> None:
+    """Raise the offered rate until `name` fails; print each step and the last rate it sustained."""
+    rate = args.start or args.totals[-1]
+    best: Run | None = None
+    while rate <= args.limit:
+        try:
+            run = measure(name, args, tmp, rng.randrange(1 << 30), random_tag(rng), rate)
+        except BenchError as exc:
+            note(f"find-max {name} @ {rate:,.0f} msgs/s: FAILED: {exc}")
+            break
+        ok = sustained(run, args.max_p99)
+        problems = f", {describe_counts(run.problems)}" if run.problems else ""
+        note(f"find-max {name} @ {rate:,.0f} msgs/s: delivered {fmt(run.delivered_rate)}/s, p50 {ms(run.p50_ms)} ms, "
+             f"p99 {ms(run.p99_ms)} ms, server cpu {pct(run.server_cpu)}, load generator cpu "
+             f"{pct(run.load.client_cpu)}, send lateness p99 {ms(percentile(sorted(run.load.late_ns), 0.99) / 1e6)} ms"
+             f"{problems}: {'sustained' if ok else 'not sustained'}")
+        if not ok:
+            break
+        best = run
+        rate = round(rate * args.step, -2)
+    if best is None:
+        emit(f"{BENCH} max {name}: no rate sustained with p99 < {args.max_p99:g} ms and nothing lost")
+    else:
+        emit(f"{BENCH} max {name}: {best.offered:,.0f} msgs/s sent, {fmt(best.delivered_rate)} deliveries/s, "
+             f"p99 {ms(best.p99_ms)} ms (highest rate sustained with p99 < {args.max_p99:g} ms and nothing lost)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,20 +496,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     install_signal_handlers()
     rng = random.Random()
-    line_bytes = Plan(0, args.clients, args.channels, args.rate, args.seconds, 0, "kabc", 0, 0).line_bytes()
     members = args.clients / args.channels
     note(
-        f"{args.clients} clients in {args.channels} channels (~{members:.0f} each), {args.rate:g} PRIVMSG/s per client "
-        f"for {args.seconds:g} s (offered {fmt(args.clients * args.rate)} msgs/s, "
-        f"~{fmt(args.clients * args.rate * (members - 1))} deliveries/s), {args.drain:g} s drain, median of {args.repeat}"
+        f"{args.clients} clients in {args.channels} channels (~{members:.0f} each); "
+        f"{', '.join(f'{t:,.0f}' for t in args.totals)} PRIVMSG/s sent in total "
+        f"(~{', '.join(fmt(t * (members - 1)) for t in args.totals)} deliveries/s), {args.seconds:g} s each, "
+        f"{args.drain:g} s drain, median of {args.repeat}"
     )
     note(
         f"load generator: bench/chat_client.py, {args.procs} processes of asyncio on "
         f"{'uvloop' if _has('uvloop') else 'the default loop (uvloop missing)'}; {python_version()}; "
         f"{os.cpu_count()} cores shared by server and load"
     )
-    for line in flood_notes(args, line_bytes):
-        note(line)
     if PEER in args.names:
         note(
             f"{ngircd_version()}: generated config, -n (foreground), DNS/Ident/PAM off, no limits on connections/joins"
@@ -444,38 +515,48 @@ def main(argv: list[str] | None = None) -> int:
     if busy := load_warning():
         note(busy)
 
-    seed = 0
-
-    def new_round() -> None:
-        nonlocal seed
-        seed = rng.randrange(1 << 30)  # one schedule per round, shared by every server
-
+    failures = False
     with tempfile.TemporaryDirectory(prefix="socketkit-bench-chat-") as tmp:
-        runs, failed = interleave(args.names, args.repeat,
-                                  lambda name: measure(name, args, Path(tmp), seed, random_tag(rng)),
-                                  before_round=new_round)
+        for total in args.totals:
+            per_client = total / args.clients
+            line_bytes = Plan(0, args.clients, args.channels, per_client, args.seconds, 0, "kabc", 0, 0).line_bytes()
+            at = label(total)
+            note(f"{at}: {per_client:g} lines/s per client of {line_bytes} bytes; "
+                 f"{flood_for(per_client, line_bytes).describe()}")
+            seed = 0
 
-    summaries: dict[str, Summary | None] = {}
-    for name in args.names:
-        if name in failed:
-            emit(f"{BENCH} {name}: FAILED: {failed[name]}")
-            summaries[name] = None
-            continue
-        s = summarize(runs[name])
-        summaries[name] = s
-        line = f"{BENCH} {name}: {fmt(s.rate)} delivered msgs/s, p99 {ms(s.p99)} ms, {kib(s.kib)} KiB/client"
-        if s.problems:
-            line += f" (errors: {describe_counts(s.problems)})"
-        emit(line)
-        for run in runs[name]:
-            for extra in describe_run(name, run, args):
-                note(extra)
+            def new_round() -> None:
+                nonlocal seed
+                seed = rng.randrange(1 << 30)  # one schedule per round, shared by every server
 
-    if OURS in args.names and PEER in args.names:
-        for line in comparison_lines(summaries[OURS], summaries[PEER]):
-            emit(line)
-    dirty = any(s is not None and s.problems for s in summaries.values())
-    return 1 if failed or dirty else 0
+            runs, failed = interleave(args.names, args.repeat,
+                                      lambda name: measure(name, args, Path(tmp), seed, random_tag(rng), total),
+                                      before_round=new_round)
+            summaries: dict[str, Summary | None] = {}
+            for name in args.names:
+                if name in failed:
+                    emit(f"{at} {name}: FAILED: {failed[name]}")
+                    summaries[name] = None
+                    failures = True
+                    continue
+                s = summarize(runs[name])
+                summaries[name] = s
+                line = (f"{at} {name}: {fmt(s.rate)} delivered msgs/s, {s.lost:,} lost, p99 {ms(s.p99)} ms, "
+                        f"{kib(s.kib)} KiB/client")
+                if s.problems:
+                    line += f" (errors: {describe_counts(s.problems)})"
+                    failures = failures or name == OURS
+                emit(line)
+                for run in runs[name]:
+                    for extra in describe_run(name, run, args):
+                        note(extra)
+            if OURS in args.names and PEER in args.names:
+                for line in comparison_lines(at, summaries[OURS], summaries[PEER]):
+                    emit(line)
+        if args.find_max:
+            for name in args.names:
+                find_max(name, args, Path(tmp), rng)
+    return 1 if failures else 0
 
 
 def _has(module: str) -> bool:

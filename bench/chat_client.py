@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import sys
 import time
 from array import array
@@ -35,6 +36,8 @@ CONNECT_CONCURRENCY = 8  # connects + registrations in flight per process: ngirc
 TEXT_LEN = 64  # bytes of message text: "<send ns> <sender> <seq> " and filler
 FILLER = b"socketkit-chat-bench-" * 4
 SYNC_TIMEOUT = 60.0  # the longest a process waits for the parent between phases
+# One delivery as a server relays it: optional tags, a source, and our text "<send ns> <sender> <seq> ...".
+_DELIVERY = re.compile(rb"^(?:@[^ \n]* )?:[^ \n]+ PRIVMSG [^ \n]+ :(\d+) (\d+) (\d+) [^\n]*\n", re.M)
 
 
 @dataclass
@@ -111,28 +114,38 @@ class ChatClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic_ns()
-        lines = (self.buf + data).split(b"\n") if self.buf else data.split(b"\n")
-        self.buf = lines.pop()
+        if self.buf:
+            data = self.buf + data
+        cut = data.rfind(b"\n") + 1
+        if cut < len(data):
+            self.buf = data[cut:]
+            data = data[:cut]
+        else:
+            self.buf = b""
+        if not data:
+            return
         tally = self.tally
-        for line in lines:
-            # The hot path: a channel message. Everything else goes to _control().
-            i = line.find(b" PRIVMSG ")
-            if i > 0 and line[0] == 58:  # ':' prefix, as servers send it
-                if not tally.measuring:
-                    continue
-                j = line.find(b" :", i + 9)
-                try:
-                    ts, sender, seq, _ = line[j + 2 :].split(b" ", 3)
-                    ts_i, sender_i, seq_i = int(ts), int(sender), int(seq)
-                except ValueError:
-                    tally.garbled += 1
-                    continue
-                tally.deliveries += 1
-                tally.latencies.append(now - ts_i)
-                if seq_i <= self.last_seq.get(sender_i, -1):
+        # The hot path, one regular expression over the whole chunk: the channel messages. At the
+        # higher rates this process receives hundreds of thousands of them a second.
+        found = _DELIVERY.findall(data)
+        lines = data.count(b"\n")
+        if found and tally.measuring:
+            tally.deliveries += len(found)
+            tally.latencies.extend([now - int(ts) for ts, _, _ in found])
+            last = self.last_seq
+            for _, sender, seq in found:
+                s_i, q_i = int(sender), int(seq)
+                if q_i <= last.get(s_i, -1):
                     tally.out_of_order += 1
                 else:
-                    self.last_seq[sender_i] = seq_i
+                    last[s_i] = q_i
+        if len(found) == lines:
+            return
+        for line in data.split(b"\n")[:-1]:
+            i = line.find(b" PRIVMSG ")
+            if i > 0 and line[0] == 58:  # ':' prefix, as servers send it
+                if tally.measuring and not _DELIVERY.match(line + b"\n"):
+                    tally.garbled += 1
             else:
                 self._control(line.rstrip(b"\r"))
 

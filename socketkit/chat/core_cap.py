@@ -6,6 +6,7 @@ import base64
 import binascii
 from typing import TYPE_CHECKING, Any
 
+from socketkit.chat import core_monitor
 from socketkit.chat.core_register import try_register
 from socketkit.chat.core_state import TAG_ACCOUNT, TAG_MSGTAGS, TAG_TIME, AuthRequest, Client
 from socketkit.proto.irc import Message, Numeric
@@ -21,7 +22,8 @@ _TAG_BITS = {"server-time": TAG_TIME, "message-tags": TAG_MSGTAGS, "account-tag"
 def available_caps(core: ChatCore) -> dict[str, str | None]:
     caps: dict[str, str | None] = dict.fromkeys(
         ["cap-notify", "message-tags", "server-time", "echo-message", "multi-prefix", "away-notify",
-         "account-tag", "account-notify", "batch"])
+         "account-tag", "account-notify", "batch", "extended-join", "invite-notify", "setname", "chghost",
+         "labeled-response", "standard-replies", "userhost-in-names"])
     if core.sasl:
         caps["sasl"] = "PLAIN"
     if core.history is not None:
@@ -187,11 +189,11 @@ def finish_sasl(core: ChatCore, c: Client, account: Any) -> None:
         return
     c.account = str(name)
     c.sasl_failures = 0
+    core.exempt_account(c)
     core.num(c, N.RPL_LOGGEDIN, c.prefix, c.account, f"You are now logged in as {c.account}")
     core.num(c, N.RPL_SASLSUCCESS, "SASL authentication successful")
     if c.registered:
-        watchers = [p for p in core.peers(c) if "account-notify" in p.caps]
-        core.relay(watchers, c, "ACCOUNT", [c.account])
+        core_monitor.account_changed(core, c)
     else:
         try_register(core, c)
 

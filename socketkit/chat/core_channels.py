@@ -28,24 +28,44 @@ def is_banned(core: ChatCore, ch: Channel, c: Client) -> bool:
     return banned
 
 
+def names_symbol(ch: Channel) -> str:
+    return "@" if "s" in ch.modes else "="
+
+
 def send_names(core: ChatCore, c: Client, ch: Channel) -> None:
     multi = "multi-prefix" in c.caps
+    full = "userhost-in-names" in c.caps
     member = c in ch.members
+    if "s" in ch.modes and not member:  # a secret channel shows nothing to outsiders
+        core.num(c, N.RPL_ENDOFNAMES, ch.name, "End of /NAMES list")
+        return
+    symbol = names_symbol(ch)
     room = 480 - len(core.server_name) - len(c.nick or "*") - len(ch.name.encode())
     words: list[str] = []
     size = 0
     for x, modes in ch.members.items():
         if not member and x.invisible:
             continue
-        word = prefix_of(modes, multi) + (x.nick or "*")
+        word = prefix_of(modes, multi) + (x.prefix if full else (x.nick or "*"))
         if words and size + len(word) + 1 > room:
-            core.num(c, N.RPL_NAMREPLY, "=", ch.name, " ".join(words))
+            core.num(c, N.RPL_NAMREPLY, symbol, ch.name, " ".join(words))
             words, size = [], 0
         words.append(word)
         size += len(word) + 1
     if words:
-        core.num(c, N.RPL_NAMREPLY, "=", ch.name, " ".join(words))
+        core.num(c, N.RPL_NAMREPLY, symbol, ch.name, " ".join(words))
     core.num(c, N.RPL_ENDOFNAMES, ch.name, "End of /NAMES list")
+
+
+def relay_join(core: ChatCore, recipients: list[Client], x: Client, ch: Channel) -> None:
+    """x's JOIN to `recipients`: with its account and realname for those that asked for extended-join."""
+    extended = [r for r in recipients if "extended-join" in r.caps]
+    if extended:
+        plain = [r for r in recipients if "extended-join" not in r.caps]
+        core.relay(extended, x, "JOIN", [ch.name, x.account or "*", x.realname or "*"])
+        recipients = plain
+    if recipients:
+        core.relay(recipients, x, "JOIN", [ch.name])
 
 
 def send_topic(core: ChatCore, c: Client, ch: Channel) -> None:
@@ -100,7 +120,7 @@ def join_one(core: ChatCore, c: Client, name: str, key: str | None) -> bool:
         ch.invites.discard(c.folded or "")
     ch.members[c] = "o" if created else ""
     c.channels[folded] = ch
-    core.relay(ch.members, c, "JOIN", [ch.name])
+    relay_join(core, list(ch.members), c, ch)
     if core.federated:
         core.emit("join", c, channel=ch.name, modes=ch.members[c], created=ch.created)
     if c.away:
@@ -181,6 +201,8 @@ def cmd_list(core: ChatCore, c: Client, msg: Message) -> None:
     core.num(c, N.RPL_LISTSTART, "Channel", "Users  Name")
     count = 0
     for ch in chans:
+        if "s" in ch.modes and c not in ch.members:
+            continue
         visible = sum(1 for x in ch.members if not x.invisible or c in ch.members)
         if visible == 0:
             continue
@@ -216,12 +238,27 @@ def cmd_invite(core: ChatCore, c: Client, msg: Message) -> None:
     if x.away:
         core.num(c, N.RPL_AWAY, x.nick, x.away)
     core.relay([x], c, "INVITE", [x.nick or "*", ch.name])
+    core.relay([m for m in ch.members if m is not x and m.remote is None], c, "INVITE", [x.nick or "*", ch.name],
+               skip=c, require="invite-notify")
     if core.federated:  # the invited user may be on another node, and joins there
         core.emit("invite", c, channel=ch.name, target=x.nick)
 
 
 def cmd_kick(core: ChatCore, c: Client, msg: Message) -> None:
-    name = msg.params[0]
+    # RFC 2812 3.2.8: one channel and several users, or as many channels as users (paired in order).
+    # Every kicked user gets a KICK line of its own: one channel and one user per line.
+    names = msg.params[0].split(",")
+    nicks = msg.params[1].split(",")[: core.limits.maxtargets]
+    if len(names) > 1 and len(names) != len(nicks):
+        core.num(c, N.ERR_NEEDMOREPARAMS, "KICK", "Not enough parameters")
+        return
+    reason = msg.params[2] if len(msg.params) > 2 and msg.params[2] else (c.nick or "")
+    reason = truncate_utf8(reason, core.limits.kicklen)
+    for i, nick in enumerate(nicks):
+        _kick_one(core, c, names[i] if len(names) > 1 else names[0], nick, reason)
+
+
+def _kick_one(core: ChatCore, c: Client, name: str, nick: str, reason: str) -> None:
     ch = core.lookup_channel(name)
     if ch is None:
         core.num(c, N.ERR_NOSUCHCHANNEL, name, "No such channel")
@@ -232,19 +269,14 @@ def cmd_kick(core: ChatCore, c: Client, msg: Message) -> None:
     if "o" not in ch.members[c]:
         core.num(c, N.ERR_CHANOPRIVSNEEDED, ch.name, "You're not channel operator")
         return
-    reason = msg.params[2] if len(msg.params) > 2 and msg.params[2] else (c.nick or "")
-    reason = truncate_utf8(reason, core.limits.kicklen)
-    for nick in msg.params[1].split(",")[: core.limits.maxtargets]:
-        x = core.lookup_nick(nick)
-        if x is None or x not in ch.members:
-            core.num(c, N.ERR_USERNOTINCHANNEL, nick, ch.name, "They aren't on that channel")
-            continue
-        core.relay(ch.members, c, "KICK", [ch.name, x.nick or "*", reason])
-        core.remove_member(ch, x)
-        if core.federated:
-            core.emit("kick", c, channel=ch.name, target=x.nick, ref=ref(x), reason=reason)
-        if ch.folded not in core.channels:
-            return
+    x = core.lookup_nick(nick)
+    if x is None or x not in ch.members:
+        core.num(c, N.ERR_USERNOTINCHANNEL, nick, ch.name, "They aren't on that channel")
+        return
+    core.relay(ch.members, c, "KICK", [ch.name, x.nick or "*", reason])
+    core.remove_member(ch, x)
+    if core.federated:
+        core.emit("kick", c, channel=ch.name, target=x.nick, ref=ref(x), reason=reason)
 
 
 HANDLERS = {

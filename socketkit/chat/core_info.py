@@ -7,7 +7,8 @@ import time as _time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from socketkit.chat.core_state import Channel, Client, glob_match
+from socketkit.chat.core_monitor import REALNAME_MAX
+from socketkit.chat.core_state import FLAG_MODES, Channel, Client, glob_match
 from socketkit.proto.irc import Message, Numeric, truncate_utf8
 
 if TYPE_CHECKING:
@@ -20,14 +21,16 @@ def isupport_tokens(core: ChatCore) -> list[str]:
     lim = core.limits
     t = lim.maxtargets
     tokens = [
-        f"AWAYLEN={lim.awaylen}", f"CASEMAPPING={core.casemapping}", f"CHANLIMIT=#:{lim.chanlimit}",
-        "CHANMODES=b,k,l,imnt", f"CHANNELLEN={lim.channellen}", "CHANTYPES=#",
+        f"AWAYLEN={lim.awaylen}", "BOT=B", f"CASEMAPPING={core.casemapping}", f"CHANLIMIT=#:{lim.chanlimit}",
+        f"CHANMODES=b,k,l,{''.join(sorted(FLAG_MODES))}", f"CHANNELLEN={lim.channellen}", "CHANTYPES=#",
         f"KEYLEN={lim.keylen}", f"KICKLEN={lim.kicklen}", f"MAXLIST=b:{lim.maxbans}",
-        f"MAXTARGETS={t}", f"MODES={lim.modes}", f"NETWORK={core.network}",
-        f"NICKLEN={lim.nicklen}", "PREFIX=(ov)@+",
-        f"TARGMAX=JOIN:,KICK:{t},NAMES:1,PART:,PRIVMSG:{t},NOTICE:{t},TAGMSG:{t},WHOIS:1",
-        f"TOPICLEN={lim.topiclen}", f"USERLEN={lim.userlen}",
+        f"MAXTARGETS={t}", f"MODES={lim.modes}", f"MONITOR={lim.monitor}", f"NAMELEN={REALNAME_MAX}",
+        f"NETWORK={core.network}", f"NICKLEN={lim.nicklen}", "PREFIX=(ov)@+",
+        f"TARGMAX=JOIN:,KICK:{t},NAMES:1,PART:,PRIVMSG:{t},NOTICE:{t},TAGMSG:{t},WHOIS:1,MONITOR:{lim.monitor}",
+        f"TOPICLEN={lim.topiclen}", f"USERLEN={lim.userlen}", "WHOX",
     ]
+    if core.utf8_only:
+        tokens.insert(-1, "UTF8ONLY")
     if core.history is not None:
         tokens += [f"CHATHISTORY={lim.chathistory_max}", "MSGREFTYPES=msgid,timestamp"]
     return tokens
@@ -44,7 +47,8 @@ def welcome(core: ChatCore, c: Client) -> None:
     core.num(c, N.RPL_WELCOME, f"Welcome to the {core.network} Network, {c.prefix}")
     core.num(c, N.RPL_YOURHOST, f"Your host is {core.server_name}, running version {core.version}")
     core.num(c, N.RPL_CREATED, f"This server was created {created}")
-    core.num(c, N.RPL_MYINFO, core.server_name, core.version, "i", "biklmnotv", "bklov")
+    core.num(c, N.RPL_MYINFO, core.server_name, core.version, "Bi",
+             "".join(sorted(set("bklov") | FLAG_MODES)), "bklov")
     send_isupport(core, c)
     send_lusers(core, c)
     send_motd(core, c)
@@ -115,6 +119,8 @@ def notify_away(core: ChatCore, recipients: Iterable[Client], x: Client) -> None
 
 def _status(core: ChatCore, c: Client, x: Client, ch: Channel | None) -> str:
     flags = "G" if x.away else "H"
+    if x.bot:
+        flags += "B"
     if ch is not None:
         flags += prefix_of(ch.members.get(x, ""), "multi-prefix" in c.caps)
     return flags
@@ -126,10 +132,47 @@ def prefix_of(modes: str, multi: bool) -> str:
     return "@" if "o" in modes else "+" if "v" in modes else ""
 
 
-def _who_line(core: ChatCore, c: Client, x: Client, ch: Channel | None) -> None:
-    name = ch.name if ch is not None else next((h.name for h in x.channels.values()), "*")
-    core.num(c, N.RPL_WHOREPLY, name, x.user or "*", x.host, core.server_name, x.nick or "*",
-             _status(core, c, x, ch), f"0 {x.realname}")
+def shown_channel(c: Client, x: Client) -> Channel | None:
+    """The channel a WHO reply about `x` names when the query did not name one: one `c` shares with x
+    if there is one, else one of x's that `c` may see (not secret), else none."""
+    for folded, ch in x.channels.items():
+        if folded in c.channels:
+            return ch
+    if x.invisible and x is not c:
+        return None
+    return next((ch for ch in x.channels.values() if "s" not in ch.modes), None)
+
+
+# WHOX (IRCv3 whox): the fields a `%fields[,token]` query may ask for, in the order they are sent.
+_WHOX_ORDER = "tcuihsnfdlaor"
+
+
+def _who_line(core: ChatCore, c: Client, x: Client, ch: Channel | None, whox: tuple[str, str] | None) -> None:
+    if ch is None:
+        ch = shown_channel(c, x)
+    name = ch.name if ch is not None else "*"
+    if whox is None:
+        core.num(c, N.RPL_WHOREPLY, name, x.user or "*", x.host, core.server_name, x.nick or "*",
+                 _status(core, c, x, ch), f"0 {x.realname}")
+        return
+    fields, token = whox
+    values = {"t": token, "c": name, "u": x.user or "*", "i": x.host if _is_ip(x.host) else "255.255.255.255",
+              "h": x.host, "s": core.server_name, "n": x.nick or "*", "f": _status(core, c, x, ch), "d": "0",
+              "l": str(int(core.clock() - (x.last_spoke or x.connected))) if x.remote is None else "0",
+              "a": x.account or "0", "o": "n/a", "r": x.realname}
+    wanted = [values[f] for f in _WHOX_ORDER if f in fields]
+    if wanted:  # the realname, which may hold spaces, is always the last (the ':' param)
+        core.num(c, N.RPL_WHOSPCRPL, *wanted)
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.removeprefix("0") if host.startswith("0:") else host)
+    except ValueError:
+        return False
+    return True
 
 
 def visible(c: Client, x: Client) -> bool:
@@ -137,23 +180,33 @@ def visible(c: Client, x: Client) -> bool:
     return not x.invisible or x is c or any(k in c.channels for k in x.channels)
 
 
+def _whox(param: str | None) -> tuple[str, str] | None:
+    if not param or not param.startswith("%"):
+        return None
+    fields, _, token = param[1:].partition(",")
+    token = token[:3] if token.isdigit() else "0"
+    return fields, token
+
+
 def cmd_who(core: ChatCore, c: Client, msg: Message) -> None:
     mask = msg.params[0] if msg.params and msg.params[0] else "*"
+    whox = _whox(msg.params[1] if len(msg.params) > 1 else None)
     cap = core.limits.who_max
     count = 0
     ch = core.lookup_channel(mask) if mask.startswith("#") else None
     if ch is not None:
         member = c in ch.members
-        for x in ch.members:
-            if member or not x.invisible:
-                if count >= cap:
-                    break
-                _who_line(core, c, x, ch)
-                count += 1
+        if member or "s" not in ch.modes:
+            for x in ch.members:
+                if member or not x.invisible:
+                    if count >= cap:
+                        break
+                    _who_line(core, c, x, ch, whox)
+                    count += 1
     elif not mask.startswith("#"):
         exact = core.lookup_nick(mask) if "*" not in mask and "?" not in mask else None
         if exact is not None:
-            _who_line(core, c, exact, None)
+            _who_line(core, c, exact, None, whox)
             count = 1
         elif len(mask) <= 64:  # a long mask of stars would make the search cost quadratic
             pattern = core.fold(mask)
@@ -163,7 +216,7 @@ def cmd_who(core: ChatCore, c: Client, msg: Message) -> None:
                 if any(glob_match(pattern, core.fold(v)) for v in (x.nick or "", x.user or "", x.host, x.realname)):
                     if count >= cap:
                         break
-                    _who_line(core, c, x, None)
+                    _who_line(core, c, x, None, whox)
                     count += 1
     if count >= cap:
         core.notice(c, f"WHO output truncated to {cap} entries")
@@ -183,7 +236,7 @@ def cmd_whois(core: ChatCore, c: Client, msg: Message) -> None:
     multi = "multi-prefix" in c.caps
     core.num(c, N.RPL_WHOISUSER, x.nick, x.user, x.host, "*", x.realname)
     chans = [prefix_of(ch.members.get(x, ""), multi) + ch.name for ch in x.channels.values()
-             if not x.invisible or c in ch.members or x is c]
+             if c in ch.members or x is c or (not x.invisible and "s" not in ch.modes)]
     line: list[str] = []
     for name in chans:  # split so that each 319 stays well under 512 octets
         if sum(len(n) + 1 for n in line) + len(name) > 380:
@@ -197,6 +250,8 @@ def cmd_whois(core: ChatCore, c: Client, msg: Message) -> None:
         core.num(c, N.RPL_AWAY, x.nick, x.away)
     if x.account:
         core.num(c, N.RPL_WHOISACCOUNT, x.nick, x.account, "is logged in as")
+    if x.bot:
+        core.num(c, N.RPL_WHOISBOT, x.nick, f"is a bot on {core.network}")
     if x.tls:
         core.num(c, N.RPL_WHOISSECURE, x.nick, "is using a secure connection")
     now = core.clock()

@@ -71,11 +71,10 @@ def _deliver(core: ChatCore, c: Client, msg: Message) -> None:
                 continue
             params[0] = ch.name
             msgid = core.new_msgid()
-            recipients = [m for m in ch.members if m is not c]
-            if echo:
-                recipients.append(c)
-            core.relay(recipients, c, command, params, msgid=msgid, client_tags=client_tags,
-                       tags_only=tagmsg, when=now)
+            # The sender's echo comes in channel order (it is a member): what matters is that every
+            # recipient sees the channel's messages in one order, and each client's lines stay in order.
+            core.relay(ch.members, c, command, params, msgid=msgid, client_tags=client_tags,
+                       tags_only=tagmsg, when=now, skip=None if echo else c)
             if core.federated:
                 core.emit("msg", c, command=command, target=ch.name, text=text, msgid=msgid,
                           tags=client_tags, time=now)

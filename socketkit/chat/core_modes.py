@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from socketkit.chat.core_state import Channel, Client, normalize_mask, ref
+from socketkit.chat.core_state import FLAG_MODES, Channel, Client, normalize_mask, ref
 from socketkit.proto.irc import Message, Numeric
 
 if TYPE_CHECKING:
     from socketkit.chat.core import ChatCore
 
 N = Numeric
-FLAG_MODES = frozenset("imnt")
 _KEY_BAD = frozenset(" ,:\0\r\n\x07")
 
 
@@ -182,6 +181,7 @@ def render_modes(applied: list[tuple[str, str, str | None]]) -> list[str]:
 
 
 def user_mode(core: ChatCore, c: Client, nick: str, modestr: str | None) -> None:
+    """+i (invisible) and +B (bot, IRCv3 bot mode) on oneself."""
     x = core.lookup_nick(nick)
     if x is None:
         core.num(c, N.ERR_NOSUCHNICK, nick, "No such nick/channel")
@@ -190,24 +190,27 @@ def user_mode(core: ChatCore, c: Client, nick: str, modestr: str | None) -> None
         core.num(c, N.ERR_USERSDONTMATCH, "Cant change mode for other users")
         return
     if modestr is None:
-        core.num(c, N.RPL_UMODEIS, "+i" if c.invisible else "+")
+        core.num(c, N.RPL_UMODEIS, "+" + ("B" if c.bot else "") + ("i" if c.invisible else ""))
         return
     sign = "+"
-    changed = ""
+    changed: list[tuple[str, str, str | None]] = []
     unknown = False
     for m in modestr[:64]:
         if m in "+-":
             sign = m
-        elif m == "i":
-            if c.invisible != (sign == "+"):
-                c.invisible = sign == "+"
-                changed = sign + "i"
+        elif m in "iB":
+            attr = "invisible" if m == "i" else "bot"
+            if getattr(c, attr) != (sign == "+"):
+                setattr(c, attr, sign == "+")
+                changed = [ch for ch in changed if ch[1] != m] + [(sign, m, None)]
         else:
             unknown = True
     if unknown:
         core.num(c, N.ERR_UMODEUNKNOWNFLAG, "Unknown MODE flag")
     if changed:
-        core.reply(c, "MODE", c.nick or "*", changed, source=c.nick)
+        core.reply(c, "MODE", c.nick or "*", render_modes(changed)[0], source=c.nick)
+        if core.federated:
+            core.emit("umode", c, bot=c.bot)
 
 
 HANDLERS = {"MODE": (cmd_mode, 1, False)}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from socketkit.chat import core_monitor
+from socketkit.chat.core_monitor import REALNAME_MAX
 from socketkit.chat.core_state import Client
 from socketkit.proto.irc import Message, Numeric, truncate_utf8, valid_nick
 
@@ -13,7 +15,6 @@ if TYPE_CHECKING:
 
 N = Numeric
 _USER_BAD = re.compile(r"[^A-Za-z0-9._\-]")
-REALNAME_MAX = 128
 
 
 def try_register(core: ChatCore, c: Client) -> None:
@@ -31,6 +32,7 @@ def try_register(core: ChatCore, c: Client) -> None:
     from socketkit.chat.core_info import welcome  # late: core_info imports this module's helpers
 
     welcome(core, c)
+    core_monitor.online(core, c)
     if core.federated:
         core.emit("user", c)
 
@@ -57,7 +59,7 @@ def cmd_nick(core: ChatCore, c: Client, msg: Message) -> None:
         return
     if nick == c.nick:
         return
-    old_prefix = c.prefix
+    old_prefix, old_nick, old_folded = c.prefix, c.nick, c.folded
     if c.folded is not None and core.nicks.get(c.folded) is c:
         del core.nicks[c.folded]
     core.nicks[folded] = c
@@ -65,6 +67,9 @@ def cmd_nick(core: ChatCore, c: Client, msg: Message) -> None:
     c.update_prefix()
     if c.registered:
         core.relay(core.peers(c, include_self=True), old_prefix, "NICK", [nick], account=c.account)
+        if old_folded != folded:
+            core_monitor.offline(core, c, old_nick)
+            core_monitor.online(core, c)
         if core.federated:
             core.emit("nick", c)
     else:
@@ -75,9 +80,15 @@ def cmd_user(core: ChatCore, c: Client, msg: Message) -> None:
     if c.registered:
         core.num(c, N.ERR_ALREADYREGISTERED, "You may not reregister")
         return
+    if not msg.params[0] or not msg.params[3]:
+        # Modern IRC: an empty username or realname is refused, not replaced.
+        core.num(c, N.ERR_NEEDMOREPARAMS, "USER", "Not enough parameters")
+        return
     user = _USER_BAD.sub("", msg.params[0])[: core.limits.userlen - 1]
     if not user:
-        core.num(c, N.ERR_NEEDMOREPARAMS, "USER", "Not enough parameters")
+        # Nothing usable is left (non-ASCII, e.g. emoji or bytes that are not UTF-8): say so, so the
+        # client can send another USER instead of waiting for a welcome that never comes.
+        core.num(c, N.ERR_INVALIDUSERNAME, "Your username is not valid")
         return
     c.user = "~" + user  # no ident lookup: the tilde says the username is unverified
     c.realname = truncate_utf8(msg.params[3], REALNAME_MAX)

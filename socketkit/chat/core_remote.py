@@ -24,7 +24,9 @@ from socketkit.chat.core_remote_channels import (
     lose_ts,
     resolve,
 )
-from socketkit.chat.core_state import Channel, Client, Out
+from socketkit.chat import core_monitor
+from socketkit.chat.core_channels import relay_join
+from socketkit.chat.core_state import DISCARD, Channel, Client, Out
 
 if TYPE_CHECKING:
     from socketkit.chat.core import ChatCore
@@ -40,7 +42,7 @@ def _claim(core: ChatCore, x: Client) -> None:
 
 
 def _rename(core: ChatCore, x: Client, nick: str) -> None:
-    old_prefix = x.prefix
+    old_prefix, old_nick, old_folded = x.prefix, x.nick, x.folded
     if core.nicks.get(x.folded or "") is x:
         del core.nicks[x.folded or ""]
     x.nick, x.folded = nick, core.fold(nick)
@@ -49,6 +51,9 @@ def _rename(core: ChatCore, x: Client, nick: str) -> None:
     peers = _local(core.peers(x))
     if peers:
         core.relay(peers, old_prefix, "NICK", [nick], account=x.account)
+    if old_folded != x.folded:
+        core_monitor.offline(core, x, old_nick)
+        core_monitor.online(core, x)
 
 
 _BAD_IN_NAMES = frozenset(" \r\n\0")
@@ -77,14 +82,22 @@ def user(core: ChatCore, node: str, uid: Any, ident: Any) -> Client:
     if x is None:
         now = core.clock()
         x = Client(cid, host, False, False, now, nick=nick, folded=core.fold(nick), user=username,
-                   realname=realname, registered=True, account=account, last_active=now, remote=node)
+                   realname=realname, registered=True, account=account, last_active=now, remote=node,
+                   out=DISCARD)
         x.update_prefix()
         core.clients[cid] = x
         _claim(core, x)
-    elif nick != x.nick:
+        core_monitor.online(core, x)
+        return x
+    if nick != x.nick:
         _rename(core, x, nick)
-    else:
+    if (username, host) != (x.user, x.host):
+        core_monitor.change_host(core, x, username, host)
+    if realname != x.realname:
+        core_monitor.set_realname(core, x, realname)
+    if account != x.account:
         x.account = account
+        core_monitor.account_changed(core, x)
     return x
 
 
@@ -119,7 +132,7 @@ def _join(core: ChatCore, x: Client, name: str, modes: str, created: Any = None)
     x.channels[folded] = ch
     ch.invites.discard(x.folded or "")  # an invite is used up by the join it let in, on every node
     local = _local(ch.members)
-    core.relay(local, x, "JOIN", [ch.name])
+    relay_join(core, local, x, ch)
     if x.away:
         notify_away(core, local, x)
 
@@ -173,6 +186,10 @@ def apply_event(core: ChatCore, me: str, node: str, ev: dict[str, Any]) -> list[
     elif kind == "away":
         x.away = str(ev.get("text") or "") or None
         notify_away(core, core.peers(x), x)
+    elif kind == "umode":
+        x.bot = ev.get("bot") is True
+    elif kind == "setname":
+        pass  # user() above took the new realname from the event's identity and told the local peers
     elif kind == "invite":
         ch = core.lookup_channel(ev["channel"])
         target = core.lookup_nick(ev.get("target") or "")
@@ -246,6 +263,7 @@ def apply_snapshot(core: ChatCore, node: str, records: list[Any], channels: list
             _join(core, x, name, modes, created.get(folded))
         away = rec.get("a")
         x.away = away if isinstance(away, str) and away else None
+        x.bot = rec.get("b") is True
     for rec in channels:
         apply_channel(core, rec)
     return core._flush()
@@ -265,8 +283,11 @@ def nodes(core: ChatCore) -> set[str]:
 
 def record(c: Client) -> dict[str, Any]:
     """A local user as other nodes learn it from a snapshot."""
-    return {"u": c.cid, "i": [c.nick or "*", c.user or "*", c.host, c.realname, c.account],
-            "c": {ch.name: ch.members.get(c, "") for ch in c.channels.values()}, "a": c.away}
+    rec = {"u": c.cid, "i": [c.nick or "*", c.user or "*", c.host, c.realname, c.account],
+           "c": {ch.name: ch.members.get(c, "") for ch in c.channels.values()}, "a": c.away}
+    if c.bot:
+        rec["b"] = True
+    return rec
 
 
 def collide(core: ChatCore, cid: Any) -> list[Out]:

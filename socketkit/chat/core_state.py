@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +31,10 @@ class ChatLimits:
     masklen: int = 128           # longest ban mask accepted
     max_invites: int = 100       # pending invites kept per channel
     flood_burst: int = 10        # lines a client may send at once...
-    flood_interval: float = 0.5  # ...then one line per this many seconds
+    flood_rate: float = 2.0      # ...then this many lines per second, sustained
     flood_queue: int = 50        # lines held back ("fake lag") before Excess Flood
+    flood_exempt: tuple[str, ...] = ()           # CIDRs whose clients skip flood control (bridges, bots)
+    flood_exempt_accounts: tuple[str, ...] = ()  # accounts (SASL) that skip it once logged in
     ping_interval: float = 120.0  # idle seconds before the server PINGs
     ping_timeout: float = 60.0   # seconds to answer that PING
     registration_timeout: float = 60.0
@@ -40,6 +44,27 @@ class ChatLimits:
     chathistory_max: int = 100   # CHATHISTORY limit ceiling
     sasl_max: int = 8192         # base64 octets in one AUTHENTICATE exchange
     sasl_failures: int = 3       # failed SASL attempts per connection before it is closed
+    monitor: int = 100           # nicks one client may MONITOR
+
+    def __post_init__(self) -> None:
+        if isinstance(self.flood_burst, bool) or not isinstance(self.flood_burst, int) or self.flood_burst < 1:
+            raise ValueError(f"ChatLimits.flood_burst must be a whole number >= 1, got {self.flood_burst!r}")
+        if not isinstance(self.flood_rate, int | float) or not 0 < self.flood_rate < math.inf:
+            raise ValueError(f"ChatLimits.flood_rate must be a positive number of lines per second, "
+                             f"got {self.flood_rate!r}")
+        if isinstance(self.flood_queue, bool) or not isinstance(self.flood_queue, int) or self.flood_queue < 0:
+            raise ValueError(f"ChatLimits.flood_queue must be a whole number >= 0, got {self.flood_queue!r}")
+        if isinstance(self.flood_exempt, str) or isinstance(self.flood_exempt_accounts, str):
+            raise ValueError("ChatLimits.flood_exempt and flood_exempt_accounts are tuples, not strings")
+        for cidr in self.flood_exempt:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except (TypeError, ValueError):
+                raise ValueError(f"ChatLimits.flood_exempt: {cidr!r} is not an address or CIDR "
+                                 "(e.g. 10.0.0.0/8, 2001:db8::/32)") from None
+
+    def exempt_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(cidr, strict=False) for cidr in self.flood_exempt]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +109,26 @@ class Event:
     ident: tuple[str, str, str, str, str | None]
     data: dict[str, Any]
 
+# Channel modes without a parameter: invite-only, moderated, no external messages, secret, topic by ops.
+FLAG_MODES = frozenset("imnst")
+
 # Bits of Client.tagmask: the capabilities that change how a relayed line is written.
 TAG_TIME, TAG_MSGTAGS, TAG_ACCOUNT = 1, 2, 4
+
+NO_CAPS: frozenset[str] = frozenset()  # every client's caps until it asks for some: one shared object
+
+
+class _Discard(list):
+    """The output queue of a user on another node: lines relayed to it go nowhere (its own node
+    delivers them). Never empty, so the core never lists it as having output to flush."""
+
+    __slots__ = ()
+
+    def append(self, line: bytes) -> None:
+        pass
+
+
+DISCARD = _Discard([b""])
 
 
 @dataclass(eq=False, slots=True)
@@ -102,12 +145,13 @@ class Client:
     registered: bool = False
     cap_hold: bool = False              # CAP LS/REQ seen and no CAP END yet
     cap_version: int = 0
-    caps: set[str] = field(default_factory=set)
+    caps: set[str] | frozenset[str] = NO_CAPS
     tagmask: int = 0
     password: str | None = None         # from PASS
     account: str | None = None
     away: str | None = None
     invisible: bool = False
+    bot: bool = False                   # user mode +B (draft/bot)
     channels: dict[str, Channel] = field(default_factory=dict)  # folded name -> channel
     prefix: str = "*"                   # nick!user@host once known
     last_active: float = 0.0            # last line received (idle for PING)
@@ -115,12 +159,18 @@ class Client:
     ping_sent: float | None = None
     tokens: float = 0.0
     refilled: float = 0.0
-    queue: deque = field(default_factory=deque)
+    exempt: bool = False                # skips flood control (ChatLimits.flood_exempt*)
+    queue: deque | None = None          # fake-lagged lines (created when the first one waits)
     sasl_buf: str | None = None         # collecting base64 after AUTHENTICATE PLAIN
     sasl_pending: bool = False          # an AuthRequest is out
     sasl_failures: int = 0
     closed: bool = False
     remote: str | None = None           # a user on another node (backplane): the node's id, else None
+    monitors: set[str] | None = None    # folded nicks this client MONITORs
+    # Lines for this client not yet handed to its connection (see ChatCore.pending), and the
+    # connection itself: an opaque object the I/O layer sets and reads; the core never touches it.
+    out: list[bytes] = field(default_factory=list)
+    sink: Any = None
 
     def update_prefix(self) -> None:
         self.prefix = f"{self.nick or '*'}!{self.user or '*'}@{self.host}"

@@ -1,10 +1,18 @@
 """The chat service: the sans-I/O chat core wired to IRC connections (tcp://, tls://) and to browsers
 (IRC over WebSocket, the IRCv3 `text.ircv3.net` subprotocol), persisted in SQLite.
 
-Every connection, whatever its transport, is an `Outlet` the core's output is written to without
-waiting: a fan-out to a channel never blocks on one slow member. Each outlet's unsent bytes are bounded
-(`sendq`); a client that stops reading is disconnected ("SendQ exceeded") before it can grow memory or
-stall anyone else.
+The hot path, for a channel of N members: a read of one client is split into lines and fed to the core
+(`ChatCore.feed`), which appends one formatted line to each recipient's queue (`Client.out`: a list
+append, no object per delivery) and lists the recipient once in `core.pending`. Once per event-loop
+iteration, after every read that iteration brought, `_flush` writes each pending client's queue with
+one `write` (one `send` system call, or none when the socket is full): under load a client gets many
+messages per system call instead of one system call per message.
+
+Every connection, whatever its transport, is a sink the core's output is written to without waiting:
+a fan-out to a channel never blocks on one slow member. Each sink's unsent bytes are bounded (`sendq`);
+a client that stops reading is disconnected ("SendQ exceeded") before it can grow memory or stall
+anyone else. IRC connections are callback connections (socketkit.net.callbacks): no Task and no
+Stream per client, which is most of what a connected client costs.
 """
 
 from __future__ import annotations
@@ -18,12 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from socketkit.chat.core import AuthRequest, ChatCore, ChatLimits, Close, Send
-from socketkit.errors import SocketkitError
+from socketkit.chat.core import AuthRequest, ChatCore, ChatLimits, Close
+from socketkit.chat.core_state import Client
+from socketkit.net.callbacks import CallbackServer, Connection, start_callback_server
 from socketkit.net.endpoint import Endpoint
 from socketkit.net.limits import Limits
-from socketkit.net.server import Server, start_server
-from socketkit.net.stream import Stream
 from socketkit.proto.irc import MAX_LINE
 
 log = logging.getLogger("socketkit.chat")
@@ -43,74 +50,77 @@ class ChatConfig:
     limits: ChatLimits = dataclasses.field(default_factory=ChatLimits)
     sendq: int = 1 << 20                  # unsent bytes per client before "SendQ exceeded"
     tick_interval: float = 0.25
-    backplane: str | None = None          # redis://host:port to share channels between nodes
+    backplane: str | None = None          # redis://, rediss:// or redis+sentinel:// URL to share channels
+    backplane_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # see Backplane
     net_limits: Limits = dataclasses.field(default_factory=lambda: Limits(idle_timeout=None))
+    utf8_only: bool = True                # UTF8ONLY: lines that are not UTF-8 are refused (FAIL INVALID_UTF8)
 
 
-class Outlet:
-    """Where the core's lines for one client go."""
+class IRCConnection(Connection):
+    """One IRC client on tcp:// or tls://: bytes in to the core, the core's lines out."""
 
-    closing = False
+    __slots__ = ("service", "client", "buf", "discarding")
 
-    def write(self, line: bytes) -> bool:  # False: over the sendq bound
-        raise NotImplementedError
+    def __init__(self, server: CallbackServer, service: ChatService) -> None:
+        super().__init__(server)
+        self.service = service
+        self.client: Client | None = None
+        self.buf = b""
+        self.discarding = False  # the tail of an over-long line is being dropped
 
-    def close(self, reason: str) -> None:
-        raise NotImplementedError
+    def opened(self) -> None:
+        self.service._opened(self)
 
+    def received(self, data: bytes) -> None:
+        self.service._received(self, data)
 
-class StreamOutlet(Outlet):
-    def __init__(self, stream: Stream, sendq: int) -> None:
-        self.stream = stream
-        self.sendq = sendq
-
-    def write(self, line: bytes) -> bool:
-        stream = self.stream
-        if stream.closed:
-            return True
-        stream.send_nowait(line)
-        return stream.write_buffer_size <= self.sendq
-
-    def close(self, reason: str) -> None:
-        self.closing = True
-        self.stream.close()
+    def lost(self, exc: Exception | None) -> None:
+        self.service._lost(self)
 
 
-class WebSocketOutlet(Outlet):
-    """Lines for a browser: a bounded queue drained by one writer task (ASGI send awaits)."""
+class WebSocketOutlet:
+    """Lines for a browser: a bounded queue drained by one writer task (ASGI send awaits). One IRC line
+    per WebSocket message (IRCv3 WebSocket)."""
 
-    def __init__(self, send: Any, sendq: int) -> None:
+    def __init__(self, send: Any) -> None:
         self.send = send
-        self.sendq = sendq
+        self.client: Client | None = None
         self.queued = 0
+        self.closing = False
         self.queue: deque[bytes | None] = deque()
         self.wakeup = asyncio.Event()
 
-    def write(self, line: bytes) -> bool:
-        if self.closing:
-            return True
-        self.queue.append(line)
-        self.queued += len(line)
-        self.wakeup.set()
-        return self.queued <= self.sendq
+    @property
+    def write_buffer_size(self) -> int:
+        return self.queued
 
-    def close(self, reason: str) -> None:
+    def write(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.queue.append(data)
+        self.queued += len(data)
+        self.wakeup.set()
+
+    def close(self) -> None:
         if not self.closing:
             self.closing = True
             self.queue.append(None)
             self.wakeup.set()
+
+    abort = close
 
     async def writer(self) -> None:
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
             while self.queue:
-                line = self.queue.popleft()
-                if line is None:
+                data = self.queue.popleft()
+                if data is None:
                     await self.send({"type": "websocket.close", "code": 1000})
                     return
-                self.queued -= len(line)
-                await self.send({"type": "websocket.send", "text": line.rstrip(b"\r\n").decode("utf-8", "replace")})
+                self.queued -= len(data)
+                for line in data.split(b"\r\n")[:-1]:
+                    await self.send({"type": "websocket.send", "text": line.decode("utf-8", "replace")})
 
 
 class ChatService:
@@ -126,43 +136,51 @@ class ChatService:
             history = SQLiteHistory(Path(cfg.data_dir) / "history.db")
         self.history = history
         self.core = ChatCore(server_name=cfg.server_name, network=cfg.network, motd=cfg.motd, limits=cfg.limits,
-                             history=history, sasl=cfg.sasl)
-        self.outlets: dict[int, Outlet] = {}
+                             history=history, sasl=cfg.sasl, queue_output=True, utf8_only=cfg.utf8_only)
+        self.outlets: dict[int, Any] = {}   # cid -> IRCConnection or WebSocketOutlet
         self._ids = itertools.count(1)
         self._ticker: asyncio.Task[None] | None = None
         self._auth_tasks: set[asyncio.Task[None]] = set()
         self._accounts = cfg.accounts
         self._limiter: Any = None
-        self.servers: list[Server] = []
+        self.servers: list[CallbackServer] = []
         self.backplane: Any = None
         self._closed = False
+        self._flush_at_end = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
-    async def start(self, listen: Sequence[str | Endpoint] = DEFAULT_LISTEN) -> list[Server]:
+    async def start(self, listen: Sequence[str | Endpoint] = DEFAULT_LISTEN) -> list[CallbackServer]:
+        self._loop = asyncio.get_running_loop()
         if self.config.backplane:
             from socketkit.chat.backplane import Backplane
 
-            self.backplane = Backplane(self, self.config.backplane)
+            self.backplane = Backplane(self, self.config.backplane, **self.config.backplane_options)
             await self.backplane.start()
-        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever(), name="chat tick")
+        self._ticker = self._loop.create_task(self._tick_forever(), name="chat tick")
         if listen:
-            self.servers.append(await start_server(list(listen), self.handle_stream, limits=self.config.net_limits,
-                                                   name="chat", refuse_message=b"ERROR :Server is full\r\n"))
+            self.servers.append(await start_callback_server(list(listen), self.connection, limits=self.config.net_limits,
+                                                            name="chat", refuse_message=b"ERROR :Server is full\r\n"))
         return self.servers
+
+    def connection(self, server: CallbackServer) -> IRCConnection:
+        """The connection factory for a CallbackServer (`run` hands it to the socket layer)."""
+        return IRCConnection(server, self)
 
     async def aclose(self, drain: float | None = 0.5) -> None:
         if self._closed:
             return
         self._closed = True
-        # Tell every client why and close it (which ends its handler at once, so `drain` is not spent
-        # waiting for connections nobody will close); the outlets go first, so the QUITs the core
-        # relays while forgetting them are not written to sockets that are closing anyway.
+        # Tell every client why and close it; the outlets go first, so the QUITs the core relays while
+        # forgetting them are not written to sockets that are closing anyway.
         outlets, self.outlets = self.outlets, {}
         for cid, outlet in outlets.items():
-            client = self.core.clients.get(cid)
+            client = outlet.client
             host = client.host if client is not None else "*"
+            if client is not None:
+                self._write_now(outlet, client)
             outlet.write(b"ERROR :Closing Link: %s (Server shutting down)\r\n" % host.encode())
-            outlet.close("Server shutting down")
+            outlet.close()
         for cid in outlets:
             self.dispatch(self.core.disconnect(cid, "Server shutting down"))
         for server in self.servers:
@@ -186,31 +204,56 @@ class ChatService:
 
     # -- the core's output ------------------------------------------------------------------------
     def dispatch(self, out: list[Any]) -> None:
-        outlets = self.outlets
-        slow: list[int] = []
+        """Act on the core's items (Close, AuthRequest, backplane Events) and make sure the lines it
+        queued are flushed at the end of this loop iteration."""
         for item in out:
             kind = type(item)
-            if kind is Send:
-                outlet = outlets.get(item.cid)
-                if outlet is not None and not outlet.write(item.line):
-                    slow.append(item.cid)
-            elif kind is Close:
-                outlet = outlets.pop(item.cid, None)
+            if kind is Close:
+                outlet = self.outlets.pop(item.cid, None)
                 if outlet is not None:
-                    outlet.close(item.reason)
+                    if outlet.client is not None:
+                        self._write_now(outlet, outlet.client)  # its last lines (ERROR) first
+                    outlet.close()
             elif kind is AuthRequest:
                 self._verify(item)
             elif self.backplane is not None:
                 self.backplane.publish(item)
-        for cid in slow:
-            if cid in outlets:
-                log.info("chat client %s did not read: SendQ exceeded", cid)
-                self.dispatch(self.core.disconnect(cid, "SendQ exceeded"))
-                outlet = outlets.pop(cid, None)
-                if outlet is not None:
-                    outlet.close("SendQ exceeded")
         if self.backplane is not None:
             self.backplane.after_dispatch(out)
+        if self.core.pending and not self._flush_at_end:
+            self._flush_at_end = True
+            (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
+
+    def _write_now(self, outlet: Any, c: Client) -> None:
+        out = c.out
+        if out and c.remote is None:
+            outlet.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def _flush(self) -> None:
+        """Write every pending client's queued lines, one write each; drop the ones past their SendQ."""
+        self._flush_at_end = False
+        sendq = self.config.sendq
+        slow: list[Client] = []
+        for c in self.core.take_pending():
+            out = c.out
+            if not out:
+                continue
+            sink = c.sink
+            if sink is None:  # gone (or never a connection of ours)
+                out.clear()
+                continue
+            sink.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+            if sink.write_buffer_size > sendq:
+                slow.append(c)
+        for c in slow:
+            outlet = self.outlets.pop(c.cid, None)
+            if outlet is not None:
+                log.info("chat client %s did not read: SendQ exceeded", c.cid)
+                c.sink = None
+                outlet.abort()  # what it has not read it never will: no flush, a reset
+                self.dispatch(self.core.disconnect(c.cid, "SendQ exceeded"))
 
     def _verify(self, req: AuthRequest) -> None:
         async def check() -> None:
@@ -239,46 +282,55 @@ class ChatService:
         (self._limiter.succeeded if account else self._limiter.failed)(key)
         return account.name if account else None
 
-    # -- IRC over a byte stream ---------------------------------------------------------------------
-    async def handle_stream(self, stream: Stream) -> None:
+    # -- IRC over a byte stream (callbacks from IRCConnection) --------------------------------------
+    def _attach(self, cid: int, outlet: Any) -> None:
+        self.outlets[cid] = outlet
+        client = self.core.clients.get(cid)
+        if client is not None:
+            client.sink = outlet
+            outlet.client = client
+
+    def _opened(self, conn: IRCConnection) -> None:
         cid = next(self._ids)
-        self.outlets[cid] = StreamOutlet(stream, self.config.sendq)
-        peer = stream.peer
+        peer = conn.peer
         host = peer[0] if isinstance(peer, tuple) else "localhost"
-        self.dispatch(self.core.connect(cid, host=host, tls=stream.extra("ssl_object") is not None))
-        buf = bytearray()
-        discarding = False
-        try:
-            async for chunk in stream:
-                buf += chunk
-                start = 0
-                while True:
-                    end = buf.find(b"\n", start)
-                    if end < 0:
-                        break
-                    line = bytes(buf[start:end - 1 if end > start and buf[end - 1] == 13 else end])
-                    start = end + 1
-                    if discarding:  # the tail of an over-long line: dropped, already answered
-                        discarding = False
-                        continue
-                    if cid not in self.outlets:
-                        return
-                    self.dispatch(self.core.receive(cid, line))
-                del buf[:start]
-                if len(buf) > MAX_LINE:
-                    # An over-long line: let the core answer (417), then drop it up to its end.
-                    if not discarding:
-                        self.dispatch(self.core.receive(cid, bytes(buf[:MAX_LINE + 1])))
-                    discarding = True
-                    buf.clear()
-                if cid not in self.outlets:
-                    return
-        except (SocketkitError, ConnectionError):
-            pass
-        finally:
-            if cid in self.outlets:
-                self.outlets.pop(cid, None)
-                self.dispatch(self.core.disconnect(cid, "Connection closed"))
+        out = self.core.connect(cid, host=host, tls=conn.tls)
+        self._attach(cid, conn)
+        self.dispatch(out)
+
+    def _received(self, conn: IRCConnection, data: bytes) -> None:
+        c = conn.client
+        if c is None or c.closed:
+            return
+        if conn.buf:
+            data = conn.buf + data
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        feed = self.core.feed
+        for line in lines:
+            if conn.discarding:  # the tail of an over-long line: dropped, already answered
+                conn.discarding = False
+                continue
+            feed(c, line[:-1] if line[-1:] == b"\r" else line)
+            if c.closed:
+                break
+        if len(rest) > MAX_LINE and not c.closed:
+            # An over-long line: let the core answer (417), then drop it up to its end.
+            if not conn.discarding:
+                feed(c, rest[:MAX_LINE + 1])
+            conn.discarding = True
+            rest = b""
+        conn.buf = rest
+        self.dispatch(self.core._flush())
+
+    def _lost(self, conn: IRCConnection) -> None:
+        c = conn.client
+        if c is None:
+            return
+        c.sink = None
+        if self.outlets.get(c.cid) is conn:
+            del self.outlets[c.cid]
+            self.dispatch(self.core.disconnect(c.cid, "Connection closed"))
 
     # -- IRC over WebSocket (the browser page) ----------------------------------------------------------
     async def handle_websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -288,10 +340,11 @@ class ChatService:
         subprotocol = next((p for p in WS_SUBPROTOCOLS if p in offered), None)
         await send({"type": "websocket.accept", "subprotocol": subprotocol})
         cid = next(self._ids)
-        outlet = WebSocketOutlet(send, self.config.sendq)
-        self.outlets[cid] = outlet
+        outlet = WebSocketOutlet(send)
         client = scope.get("client") or ("localhost", 0)
-        self.dispatch(self.core.connect(cid, host=client[0], tls=scope.get("scheme") == "wss", websocket=True))
+        out = self.core.connect(cid, host=client[0], tls=scope.get("scheme") == "wss", websocket=True)
+        self._attach(cid, outlet)
+        self.dispatch(out)
         writer = asyncio.get_running_loop().create_task(outlet.writer())
         try:
             while cid in self.outlets:
@@ -301,15 +354,19 @@ class ChatService:
                 data = message.get("text")
                 raw = data.encode() if data is not None else (message.get("bytes") or b"")
                 # One WebSocket message is one IRC line (IRCv3 WebSocket); tolerate a trailing CRLF.
+                c = outlet.client
                 for line in raw.split(b"\n"):
                     line = line[:-1] if line.endswith(b"\r") else line
-                    if line:
-                        self.dispatch(self.core.receive(cid, line[:MAX_LINE + 1]))
+                    if line and c is not None and not c.closed:
+                        self.core.feed(c, line[:MAX_LINE + 1])
+                self.dispatch(self.core._flush())
         finally:
+            if outlet.client is not None:
+                outlet.client.sink = None
             if self.outlets.get(cid) is outlet:
                 self.outlets.pop(cid, None)
                 self.dispatch(self.core.disconnect(cid, "Connection closed"))
-            outlet.close("done")
+            outlet.close()
             try:
                 await asyncio.wait_for(writer, 2)
             except (TimeoutError, Exception):  # noqa: BLE001 - the browser is gone either way
@@ -323,11 +380,18 @@ async def start(config: ChatConfig | None = None, listen: Sequence[str | Endpoin
 
 
 def run(config: ChatConfig, listen: Sequence[str | Endpoint] = DEFAULT_LISTEN, *, web: Sequence[str] = (),
-        user: str | None = None, loop: str = "auto") -> int:
-    """Serve chat until SIGINT/SIGTERM, as `socketkit chat` does; `web` endpoints also serve the page."""
+        user: str | None = None, loop: str = "auto", workers: int = 1) -> int:
+    """Serve chat until SIGINT/SIGTERM, as `socketkit chat` does; `web` endpoints also serve the page.
+    `workers` > 1 runs that many processes on the same ports, joined by the backplane (required then)."""
     import sys
 
+    from socketkit.errors import SocketkitError
     from socketkit.net.runner import run_server
+
+    if workers > 1 and not config.backplane:
+        raise SocketkitError("--workers needs --backplane: the worker processes share channels through Redis")
+    if workers > 1 and web:
+        raise SocketkitError("--web serves from one process: run it without --workers (or in a node of its own)")
 
     async def setup():
         service = ChatService(config)
@@ -350,7 +414,7 @@ def run(config: ChatConfig, listen: Sequence[str | Endpoint] = DEFAULT_LISTEN, *
             await service.aclose()
 
         # Chat connections never end by themselves: close them (with an ERROR line) before the drain.
-        return service.handle_stream, cleanup, service.aclose
+        return service.connection, cleanup, service.aclose
 
     return run_server(list(listen), setup, user=user, limits=config.net_limits, loop=loop, name="chat",
-                      refuse_message=b"ERROR :Server is full\r\n")
+                      refuse_message=b"ERROR :Server is full\r\n", starter=start_callback_server, workers=workers)

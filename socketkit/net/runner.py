@@ -41,8 +41,10 @@ def run_server(
     name: str = "server",
     refuse_message: bytes | None = None,
     ready: Callable[[Server], Any] | None = None,
+    starter: Callable[..., Any] | None = None,
 ) -> int:
-    """Serve until SIGINT/SIGTERM; with `workers` > 1, in that many processes sharing the ports."""
+    """Serve until SIGINT/SIGTERM; with `workers` > 1, in that many processes sharing the ports.
+    `starter`: see `serve()` (a server of callback connections instead of Streams)."""
     from socketkit.net.loop import run
 
     eps = [parse(e) for e in endpoints]
@@ -60,7 +62,8 @@ def run_server(
         handler, cleanup, *more = await setup()
         try:
             await serve(listen, handler, limits=limits, ready=on_ready, name=name, sockets=sockets,
-                        reuse_port=reuse_port, refuse_message=refuse_message, on_stop=more[0] if more else None)
+                        reuse_port=reuse_port, refuse_message=refuse_message, on_stop=more[0] if more else None,
+                        starter=starter)
         finally:
             if cleanup is not None:
                 await cleanup()

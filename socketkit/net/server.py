@@ -362,14 +362,17 @@ async def serve(
     ready: Callable[[Server], object] | None = None,
     stop: asyncio.Event | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    starter: Callable[..., Awaitable[Server]] | None = None,
     **options: object,
 ) -> Server:
     """Run a server until SIGINT/SIGTERM (or `stop` is set), then stop it gracefully.
 
     `on_stop` runs first, before the drain: a service whose conversations never end by themselves
     (chat) says goodbye there. A second signal during the drain closes the remaining connections at once.
+    `starter` replaces `start_server` (e.g. `socketkit.net.callbacks.start_callback_server`, with a
+    connection factory as `handler`).
     """
-    server = await start_server(endpoints, handler, **options)
+    server = await (starter or start_server)(endpoints, handler, **options)
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     hurry = asyncio.Event()

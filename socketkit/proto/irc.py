@@ -9,8 +9,9 @@ Safety rules:
 - `format` raises IRCFormatError rather than emit a param holding CR, LF or NUL, a middle param that
   is empty, holds a space or starts with ':' (each would let a value inject or shift a line).
 - Tag values are escaped on the way out and unescaped on the way in (\\: \\s \\\\ \\r \\n).
-- Lengths: 512 octets (CRLF included) for everything after the tags; 8191 for the tags a server sends,
-  4094 for the tags a client sends (both counting the '@' and the space), see `check_length`.
+- Lengths: 512 octets (CRLF included) for everything after the tags; 8191 for the tags a server sends
+  (counting the '@' and the space), 4094 of tag data for the tags a client sends (4096 with the '@'
+  and the space), see `check_length`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ __all__ = [
 
 MAX_BODY = 512          # source, command, params and CRLF
 MAX_TAGS = 8191         # all tags of a server-sent line, '@' and trailing space included
-MAX_CLIENT_TAGS = 4094  # tags a client may send, '@' and trailing space included
+MAX_CLIENT_TAGS = 4096  # tags a client may send, '@' and trailing space included (4094 of tag data)
 MAX_LINE = MAX_BODY + MAX_TAGS  # what a transport must be ready to buffer for one line
 NICKLEN = 30
 CHANNELLEN = 64
@@ -124,6 +125,7 @@ class Message:
     source: str | None = None
     command: str = ""
     params: list[str] = field(default_factory=list)
+    utf8: bool = field(default=True, compare=False)  # False: the line was not UTF-8 (read as Latin-1)
 
     @classmethod
     def parse(cls, line: bytes) -> Message:
@@ -164,71 +166,57 @@ class Message:
         return self.format()
 
 
-def _decode(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
 def parse(line: bytes, *, check: str | None = None) -> Message:
     """Parse one line (a trailing CRLF or LF is allowed). `check='client'|'server'` also applies
-    `check_length`. Raises IRCParseError (or LineTooLong) and nothing else."""
-    if not isinstance(line, bytes | bytearray | memoryview):
-        raise IRCParseError("an IRC line is bytes")
-    line = bytes(line)
-    if line.endswith(b"\n"):
-        line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+    `check_length`. Raises IRCParseError (or LineTooLong) and nothing else. A line that is not UTF-8 is
+    read as Latin-1 and comes back with `utf8=False` (a server may refuse it: UTF8ONLY)."""
+    if type(line) is not bytes:
+        if not isinstance(line, bytes | bytearray | memoryview):
+            raise IRCParseError("an IRC line is bytes")
+        line = bytes(line)
+    if line[-1:] == b"\n":
+        line = line[:-2] if line[-2:] == b"\r\n" else line[:-1]
     if check is not None:
         check_length(line, client=(check == "client"))
     if b"\0" in line or b"\r" in line or b"\n" in line:
         raise IRCParseError("NUL, CR or LF inside an IRC line")
-    text = _decode(line)
-    pos, n = 0, len(text)
+    try:
+        text = line.decode("utf-8")
+        utf8 = True
+    except UnicodeDecodeError:
+        text = line.decode("latin-1")
+        utf8 = False
     tags: dict[str, str] = {}
-    if text.startswith("@"):
+    if text[:1] == "@":
         end = text.find(" ")
         if end < 0:
             raise IRCParseError("tags without a command")
         tags = _parse_tags(text[1:end])
-        pos = end
-    while pos < n and text[pos] == " ":
-        pos += 1
+        text = text[end + 1:]
+    if text[:1] == " ":
+        text = text.lstrip(" ")
     source = None
-    if pos < n and text[pos] == ":":
-        end = text.find(" ", pos)
+    if text[:1] == ":":
+        end = text.find(" ")
         if end < 0:
             raise IRCParseError("source without a command")
-        source = text[pos + 1:end]
+        source = text[1:end]
         if not source:
             raise IRCParseError("empty source")
-        pos = end
-        while pos < n and text[pos] == " ":
-            pos += 1
-    end = text.find(" ", pos)
-    if end < 0:
-        end = n
-    command = text[pos:end]
-    if not command:
+        text = text[end + 1:].lstrip(" ")
+    head, colon, trailing = text.partition(" :")
+    words = head.split(" ")
+    if "" in words:
+        words = [w for w in words if w]
+    if not words:
         raise IRCParseError("empty line" if not text.strip(" ") else "no command")
+    command = words[0]
     if not _COMMAND.match(command):
         raise IRCParseError(f"bad command {command[:32]!r}")
-    params: list[str] = []
-    pos = end
-    while pos < n:
-        while pos < n and text[pos] == " ":
-            pos += 1
-        if pos >= n:
-            break
-        if text[pos] == ":":
-            params.append(text[pos + 1:])
-            break
-        end = text.find(" ", pos)
-        if end < 0:
-            end = n
-        params.append(text[pos:end])
-        pos = end
-    return Message(tags, source, command.upper(), params)
+    params = words[1:]
+    if colon:
+        params.append(trailing)
+    return Message(tags, source, command.upper(), params, utf8)
 
 
 def line_lengths(line: bytes) -> tuple[int, int]:
@@ -330,6 +318,7 @@ class Numeric(StrEnum):
     RPL_CHANNELMODEIS = "324"
     RPL_CREATIONTIME = "329"
     RPL_WHOISACCOUNT = "330"
+    RPL_WHOISBOT = "335"
     RPL_NOTOPIC = "331"
     RPL_TOPIC = "332"
     RPL_TOPICWHOTIME = "333"
@@ -337,6 +326,7 @@ class Numeric(StrEnum):
     RPL_VERSION = "351"
     RPL_WHOREPLY = "352"
     RPL_NAMREPLY = "353"
+    RPL_WHOSPCRPL = "354"
     RPL_ENDOFNAMES = "366"
     RPL_BANLIST = "367"
     RPL_ENDOFBANLIST = "368"
@@ -366,6 +356,7 @@ class Numeric(StrEnum):
     ERR_NEEDMOREPARAMS = "461"
     ERR_ALREADYREGISTERED = "462"
     ERR_PASSWDMISMATCH = "464"
+    ERR_INVALIDUSERNAME = "468"
     ERR_KEYSET = "467"
     ERR_CHANNELISFULL = "471"
     ERR_UNKNOWNMODE = "472"
@@ -380,6 +371,11 @@ class Numeric(StrEnum):
     ERR_INVALIDKEY = "525"
     RPL_WHOISSECURE = "671"
     ERR_INVALIDMODEPARAM = "696"
+    RPL_MONONLINE = "730"
+    RPL_MONOFFLINE = "731"
+    RPL_MONLIST = "732"
+    RPL_ENDOFMONLIST = "733"
+    ERR_MONLISTFULL = "734"
     RPL_LOGGEDIN = "900"
     RPL_LOGGEDOUT = "901"
     ERR_NICKLOCKED = "902"

@@ -116,7 +116,7 @@ async def test_websocket_and_tcp_clients_share_a_channel():
             for cap in ("server-time", "echo-message", "message-tags", "batch", "multi-prefix", "away-notify"):
                 assert cap in caps.split(":", 2)[2].split()
             await web.send("CAP REQ :server-time echo-message message-tags")
-            await web.expect(r"^:\S+ CAP wsuser ACK :server-time echo-message message-tags$|CAP \* ACK")
+            await web.expect(r"^(@\S+ )?:\S+ CAP wsuser ACK :server-time echo-message message-tags$|CAP \* ACK")
             await web.send("CAP END")
             await web.expect(r"^(@\S+ )?:\S+ 001 wsuser ")
 

@@ -23,7 +23,7 @@ def test_registration_burst():
     welcome = net.numeric(1, "001")[0]
     assert welcome.params == ["alice", "Welcome to the socketkit Network, alice!~al@10.0.0.1"]
     isupport = " ".join(" ".join(m.params[1:-1]) for m in net.numeric(1, "005"))
-    for token in ("CASEMAPPING=rfc1459", "CHANTYPES=#", "CHANMODES=b,k,l,imnt", "PREFIX=(ov)@+", "NICKLEN=30",
+    for token in ("CASEMAPPING=rfc1459", "CHANTYPES=#", "CHANMODES=b,k,l,imnst", "PREFIX=(ov)@+", "NICKLEN=30",
                   "CHANNELLEN=64", "TOPICLEN=", "KICKLEN=", "AWAYLEN=", "MAXTARGETS=4", "CHANLIMIT=#:50",
                   "NETWORK=socketkit", "MODES=4"):
         assert token in isupport
@@ -152,7 +152,8 @@ def test_cap_ls_holds_registration():
         assert cap in caps
     net.clear()
     net.send(1, "CAP REQ :server-time multi-prefix")
-    assert net.lines(1) == [":irc.socketkit.local CAP a ACK :server-time multi-prefix"]
+    # server-time is on from this answer on: every line has its time tag
+    assert net.lines(1) == ["@time=2023-11-14T22:13:20.000Z :irc.socketkit.local CAP a ACK :server-time multi-prefix"]
     net.send(1, "CAP REQ :server-time bogus")
     assert net.msgs(1)[-1].params[1] == "NAK"
     net.clear()
@@ -189,11 +190,12 @@ def test_cap_notify_new_and_del():
     net.register(2, "b")
     cap_change(net.core, "draft/example", "v1", True)
     out = net.core._flush()
-    assert [o for o in out if o.cid == 1] == [Send(1, b":irc.socketkit.local CAP a NEW :draft/example=v1\r\n")]
+    stamp = b"@time=2023-11-14T22:13:20.000Z "
+    assert [o for o in out if o.cid == 1] == [Send(1, stamp + b":irc.socketkit.local CAP a NEW :draft/example=v1\r\n")]
     assert not [o for o in out if o.cid == 2]
     cap_change(net.core, "server-time", None, False)
     out = net.core._flush()
-    assert out == [Send(1, b":irc.socketkit.local CAP a DEL :server-time\r\n")]
+    assert out == [Send(1, stamp + b":irc.socketkit.local CAP a DEL :server-time\r\n")]
     assert "server-time" not in net.core.clients[1].caps
 
 

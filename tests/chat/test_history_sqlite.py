@@ -115,6 +115,7 @@ def test_trimming_keeps_the_newest_per_target(tmp_path: Path):
     try:
         fill(h, "#small", 5, prefix="s")
         fill(h, "#a", 995)  # 1000 appends in all: the trim runs on the 1000th, for #a
+        h.flush()
         rows = h._db.execute("SELECT COUNT(*) FROM messages WHERE target = '#a'").fetchone()[0]
         assert rows == 50
         assert texts(h.latest("#a", 1000)) == [f"text {i}" for i in range(945, 995)]
