@@ -9,7 +9,8 @@ endpoint parsing, binding, the connection limit, a per-address limit, counters, 
 Unlike `start_server`, nothing here reads or writes: the handler's library does. `per_address` bounds
 connections from one IP address at a time (a handler may lift a connection out of that count with
 `server.release(sock)`, e.g. once an SSH client authenticated: OpenSSH's MaxStartups counts the
-unauthenticated ones).
+unauthenticated ones). `on_refused(peer, limit)` hears of each connection a limit turned away ("max_connections"
+or "per_address") just before it is closed, for a log line or an audit record.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ SocketHandler = Callable[[socket.socket, Any], Awaitable[None]]
 
 class SocketServer:
     def __init__(self, endpoints: list[Endpoint], handler: SocketHandler, *, limits: Limits | None = None,
-                 per_address: int | None = None, name: str = "server") -> None:
+                 per_address: int | None = None, name: str = "server",
+                 on_refused: Callable[[Any, str], None] | None = None) -> None:
         self.requested = endpoints
+        self.on_refused = on_refused
         self.handler = handler
         self.limits = limits or Limits()
         self.per_address = per_address
@@ -102,9 +105,14 @@ class SocketServer:
                 await asyncio.sleep(0.1)
                 continue
             ip = peer[0] if isinstance(peer, tuple) else ""
-            if len(self._conns) >= self.limits.max_connections or (
-                    self.per_address is not None and self._per_ip[ip] >= self.per_address):
+            full = len(self._conns) >= self.limits.max_connections
+            if full or (self.per_address is not None and self._per_ip[ip] >= self.per_address):
                 self.refused += 1
+                if self.on_refused is not None:
+                    try:
+                        self.on_refused(peer, "max_connections" if full else "per_address")
+                    except Exception:  # noqa: BLE001 - a reporting hook must not stop the accept loop
+                        log.exception("%s: on_refused failed", self.name)
                 conn.close()
                 continue
             self.accepted += 1
