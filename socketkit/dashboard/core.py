@@ -97,7 +97,7 @@ class Dashboard:
     def close(self, service: str, conn_id: int) -> bool:
         done = close_connection(self.runnings(), service, conn_id)
         if done:
-            self.events.emit("connection closed by the operator", service=service, id=conn_id)
+            self.events.emit("connection closed by the operator", service=service, connection=conn_id)
         return done
 
 

@@ -29,6 +29,8 @@ class EventLog:
         for key, value in fields.items():
             if isinstance(value, str) and len(value) > MAX_FIELD:
                 value = value[:MAX_FIELD] + "…"
+            if key in event:  # a field may never overwrite the log's own (its id orders the stream)
+                key = f"{key}_"
             event[key] = value
         self._events.append(event)
         self.counts[kind] += 1

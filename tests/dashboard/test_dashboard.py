@@ -211,6 +211,9 @@ def test_the_event_log_is_bounded():
     events = log.since(0)
     assert len(events) == 50 and events[-1]["n"] == 499 and len(events[-1]["text"]) < 400
     assert log.counts["tick"] == 500
+    log.emit("clash", service="x", id=7, time="mine")  # fields never overwrite the log's own keys
+    last = log.since(0)[-1]
+    assert last["id"] == log.last_id and last["kind"] == "clash" and last["id_"] == 7 and last["time_"] == "mine"
 
 
 @pytest.mark.parametrize("limit", ["max_connections"])
