@@ -86,10 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     _server_options(p)
     p.set_defaults(run=_cmd_relay)
 
-    p = sub.add_parser("web", help="serve an ASGI app (module:app) and/or a directory over HTTP/1.1 and WebSocket")
+    p = sub.add_parser("web", help="serve an ASGI app (module:app) and/or a directory over HTTP/1.1, HTTP/2 and "
+                       "WebSocket")
     p.add_argument("app", nargs="?", help="the ASGI app as module:attribute (e.g. main:app)")
     p.add_argument("--listen", action="append", metavar="URL",
-                   help="endpoint to listen on, repeatable (default tcp://127.0.0.1:8000)")
+                   help="endpoint to listen on, repeatable (default tcp://127.0.0.1:8000): tcp://HOST:PORT (HTTP/1.1, "
+                        "and HTTP/2 with prior knowledge), tls://HOST:PORT?cert=C&key=K (HTTP/2 or 1.1 by ALPN), "
+                        "unix:///PATH (uvicorn's --uds). Sockets handed over by systemd (LISTEN_FDS, what uvicorn's "
+                        "--fd is for) are used instead of any --listen")
     p.add_argument("--static", metavar="DIR", help="serve this directory (alone, or under --static-path)")
     p.add_argument("--static-path", default="/", help="URL path the --static directory is served at "
                    "when an app is given too (default: / alone, /static with an app)")
@@ -99,9 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "--forwarded-allow-ips")
     p.add_argument("--forwarded-allow-ips", default="127.0.0.1,::1",
                    help="comma-separated proxy addresses/networks to trust, or '*'")
-    p.add_argument("--access-log", action="store_true", help="log every request (off by default)")
+    p.add_argument("--access-log", action="store_true",
+                   help="log every request, in the combined format (off by default)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=argparse.SUPPRESS,
+                   help="what the log shows (default warning; the same as `socketkit --log-level`)")
     p.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--max-body", type=int, help="largest request body in bytes (413 past it)")
+    p.add_argument("--env-file", metavar="FILE", help="set environment variables from KEY=VALUE lines before "
+                   "the app is imported (variables already set win)")
+    p.add_argument("--reload", action="store_true", help="restart the server whenever a Python file under "
+                   "--reload-dir changes (development; one process)")
+    p.add_argument("--reload-dir", action="append", metavar="DIR",
+                   help="directory to watch with --reload, repeatable (default: the current directory)")
+    p.add_argument("--no-http2", dest="http2", action="store_false",
+                   help="HTTP/1.1 only: no h2 in ALPN, no h2c prior knowledge")
     _server_options(p)
     p.set_defaults(run=_cmd_web)
 
@@ -314,6 +329,16 @@ def _cmd_web(args: argparse.Namespace) -> int:
 
     if not args.app and not args.static:
         raise SocketkitError("give an ASGI app (module:attribute), --static DIR, or both")
+    if args.reload:
+        if args.workers != 1:
+            raise SocketkitError("--reload runs one process: leave out --workers")
+        from socketkit.web.reload import run_with_reload
+
+        return run_with_reload(sys.argv[1:], args.reload_dir or ["."])
+    if args.env_file:
+        from socketkit.web.config import load_env_file
+
+        load_env_file(args.env_file)
     limits = limits_from(args, web.WEB_LIMITS)
     if args.max_body:
         limits = limits.replace(max_body=args.max_body)
@@ -330,7 +355,7 @@ def _cmd_web(args: argparse.Namespace) -> int:
         app, args.listen or [web.DEFAULT_LISTEN], workers=args.workers, user=args.user, loop=args.loop,
         limits=limits, root_path=args.root_path, proxy_headers=args.proxy_headers,
         forwarded_allow_ips=tuple(x.strip() for x in args.forwarded_allow_ips.split(",") if x.strip()),
-        access_log=args.access_log, lifespan=args.lifespan,
+        access_log=args.access_log, lifespan=args.lifespan, http2=args.http2,
     )
 
 

@@ -7,10 +7,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
-from socketkit.net.endpoint import Endpoint
+from socketkit.net.endpoint import Endpoint, parse
 from socketkit.net.limits import Limits
 from socketkit.net.server import Server, start_server
 from socketkit.web.config import WEB_LIMITS, WebConfig, load_app
@@ -44,8 +45,8 @@ class WebServer:
 
     async def start(self, listen: Sequence[str | Endpoint] = (DEFAULT_LISTEN,), **options: Any) -> Server:
         handler, _ = await self.setup()
-        self.server = await start_server(list(listen), handler, limits=self.config.limits, name="web",
-                                         **options)
+        self.server = await start_server(offer_h2(listen, self.config.http2), handler,
+                                         limits=self.config.limits, name="web", **options)
         return self.server
 
     async def aclose(self, drain: float | None = None) -> None:
@@ -58,6 +59,14 @@ class WebServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def offer_h2(listen: Sequence[str | Endpoint], http2: bool = True) -> list[Endpoint]:
+    """The listeners, tls:// ones offering h2 and http/1.1 by ALPN unless their URL says `alpn=` itself."""
+    eps = [parse(e) for e in listen]
+    if not http2:
+        return eps
+    return [ep.with_options(alpn="h2,http/1.1") if ep.is_tls and ep.option("alpn") is None else ep for ep in eps]
 
 
 async def start(app: Any, listen: Sequence[str | Endpoint] = (DEFAULT_LISTEN,), **config: Any) -> WebServer:
@@ -74,11 +83,16 @@ def run(app: Any, listen: Sequence[str | Endpoint] | str = (DEFAULT_LISTEN,), *,
 
     if isinstance(listen, (str, Endpoint)):
         listen = [listen]
+    listen = offer_h2(listen, config.get("http2", True))
     limits = limits or WEB_LIMITS
 
     async def setup():
         target = load_app(app) if isinstance(app, str) else app
-        return await WebServer(WebConfig(app=target, limits=limits, **config)).setup()
+        ready = await WebServer(WebConfig(app=target, limits=limits, **config)).setup()
+        logging.getLogger("socketkit.web").info(
+            "app %s started (lifespan done); HTTP/2 %s", getattr(target, "__qualname__", type(target).__name__),
+            "on (h2 by ALPN on tls://, h2c with prior knowledge)" if config.get("http2", True) else "off")
+        return ready
 
     return run_server(listen, setup, workers=workers, user=user, limits=limits, loop=loop, name="web",
                       refuse_message=b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n"

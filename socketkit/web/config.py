@@ -32,6 +32,8 @@ class WebConfig:
     ws_ping_interval: float | None = 20.0
     ws_ping_timeout: float | None = 20.0
     ws_per_message_deflate: bool = True
+    http2: bool = True                  # h2 by ALPN on tls:// listeners, h2c (prior knowledge) on plain ones
+    h2_limits: Any = None               # socketkit.proto.http2.H2Limits; None: its defaults
 
     def __post_init__(self) -> None:
         if self.root_path.endswith("/"):
@@ -71,6 +73,55 @@ class _Trusted:
         except ValueError:
             return False
         return any(addr in net for net in self.networks)
+
+
+def load_env_file(path: str) -> dict[str, str]:
+    """`--env-file`: KEY=VALUE lines into os.environ, as python-dotenv (uvicorn's) reads them: `export ` and
+    comments allowed, values in single quotes taken as they are, in double quotes with \\n, \\t, \\" and
+    \\\\ escapes; a variable already in the environment is kept. Returns what was set."""
+    import os
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise SocketkitError(f"--env-file {path!r}: {e.strerror or e}") from None
+    found: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.startswith("export "):
+            text = text[7:].lstrip()
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key.replace("_", "a").replace(".", "a").isalnum() or key[0].isdigit():
+            raise SocketkitError(f"--env-file {path!r}, line {number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == "'":
+            value = value[1:-1]
+        elif len(value) >= 2 and value[0] == value[-1] == '"':
+            value = _unescape(value[1:-1])
+        else:
+            value = value.split(" #", 1)[0].rstrip()
+        found[key] = value
+    for key, value in found.items():
+        os.environ.setdefault(key, value)
+    return found
+
+
+def _unescape(value: str) -> str:
+    out = []
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value):
+            out.append({"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}.get(value[i + 1], "\\" + value[i + 1]))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def load_app(spec: str, *, factory: bool = False) -> ASGIApp:

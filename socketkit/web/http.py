@@ -24,7 +24,7 @@ from socketkit.proto.http1 import (
 )
 from socketkit.proto.http1_events import END
 from socketkit.web.config import WebConfig
-from socketkit.web.http_cycle import Cycle, _clock, _time
+from socketkit.web.http_cycle import Cycle, _clock, _time, access_line
 
 log = logging.getLogger("socketkit.web")
 access_log = logging.getLogger("socketkit.web.access")
@@ -62,6 +62,36 @@ class HTTPHandler:
         # StaticFiles served directly (`socketkit web --static DIR`): a small cached file is answered
         # before any ASGI scope is built (the same response its app would send; see StaticFiles).
         self.cached_response = getattr(self.app, "cached_response", None) if not self.root_path else None
+        self.http2 = config.http2
+
+    async def _h2(self, stream: Stream, scheme: str, server: Any, client: Any) -> bool:
+        """Serve the connection over HTTP/2 if it speaks it: ALPN said h2 (TLS), or the client opened with
+        the HTTP/2 preface (h2c with prior knowledge). False: an HTTP/1.1 connection (what was read of it
+        is put back)."""
+        from socketkit.proto.http2 import PREFACE
+
+        ssl_object = stream.extra("ssl_object")
+        if ssl_object is not None:
+            if ssl_object.selected_alpn_protocol() != "h2":
+                return False
+            data = b""
+        else:
+            data = await stream.receive()
+            while data and len(data) < len(PREFACE) and PREFACE.startswith(data):
+                more = await stream.receive(timeout=self.request_timeout)
+                if not more:
+                    break
+                data += more
+            if not data.startswith(PREFACE):
+                stream.unreceive(data)
+                return False
+        from socketkit.web.http2 import serve_h2
+
+        base = {"type": "http", "asgi": _ASGI, "http_version": "2", "scheme": scheme, "method": "GET",
+                "path": "/", "raw_path": b"/", "query_string": b"", "root_path": self.root_path, "headers": [],
+                "server": server, "client": client, "extensions": {"http.response.trailers": {}}}
+        await serve_h2(self, stream, data, base)
+        return True
 
     async def __call__(self, stream: Stream) -> None:
         conn = ServerConnection(**self.conn_options)
@@ -90,6 +120,13 @@ class HTTPHandler:
         ready = loop.create_future()
         ready.set_result(None)
         cached_response = self.cached_response
+        if self.http2:
+            try:
+                if await self._h2(stream, scheme, server, client):
+                    return
+            except (PeerResetError, ConnectionError, DeadlineError):
+                stream.close()
+                return
         try:
             while True:
                 if i >= len(events):
@@ -141,8 +178,8 @@ class HTTPHandler:
                             if sent is not _SENT:
                                 await sent
                             if self.access_log:
-                                log_access(client, event.method.decode("ascii"), event.path, event.query,
-                                           event.http_version, 200)
+                                access_log.info(access_line(client, event.method.decode("ascii"), event.target,
+                                                            event.http_version, 200, len(hit[1]), event.headers))
                             events = conn.next_request()
                             if events is None:
                                 return
@@ -180,7 +217,7 @@ class HTTPHandler:
                     cycle.ready = ready
                     cycle.body_done = cycle.started = cycle.head_sent = cycle.complete = False
                     cycle.disconnected = False
-                    cycle.status = 0
+                    cycle.status = cycle.sent = 0
                     cycle.headers = ()
                     cycle.response_done = None
                     # The app runs right here, not in a coroutine of Cycle's: one frame less on the
@@ -223,12 +260,6 @@ class HTTPHandler:
                 pass
         await stream.send(error_response(408, "request head not received in time"))
         return None
-
-
-def log_access(client: Any, method: str, path: str, query: bytes, http_version: str, status: int) -> None:
-    who = f"{client[0]}:{client[1]}" if client else "-"
-    target = path + ("?" + query.decode("latin-1") if query else "")
-    access_log.info('%s - "%s %s HTTP/%s" %d', who, method, target, http_version, status)
 
 
 def apply_proxy_headers(scope: dict[str, Any], config: WebConfig) -> None:

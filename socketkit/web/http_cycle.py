@@ -33,6 +33,51 @@ log = logging.getLogger("socketkit.web")
 access_log = logging.getLogger("socketkit.web.access")
 
 _DISCONNECT = {"type": "http.disconnect"}
+_REASONS = {400: "Bad Request", 404: "Not Found", 413: "Content Too Large", 500: "Internal Server Error",
+            501: "Not Implemented"}
+
+
+def describe_request(scope: dict[str, Any]) -> str:
+    """The request an error is about, for the log: `"GET /path?query HTTP/1.1" from 127.0.0.1:50000`."""
+    client = scope.get("client")
+    who = f" from {client[0]}:{client[1]}" if client else ""
+    return f'"{_request_line(scope)}"{who}'
+
+
+def _request_line(scope: dict[str, Any]) -> str:
+    query = scope.get("query_string") or b""
+    target = scope.get("path", "") + ("?" + query.decode("latin-1") if query else "")
+    return _printable(f'{scope.get("method", "?")} {target[:2000]} HTTP/{scope.get("http_version", "1.1")}')
+
+
+def _printable(text: str) -> str:
+    """Control characters and quotes escaped (\\xHH), as Apache writes its logs: a log line stays one line."""
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return "".join(c if c.isprintable() and c not in '"\\' else f"\\x{ord(c):02x}" for c in text)
+
+
+def error_page(scope: dict[str, Any]) -> bytes:
+    """The 500 page: which request failed, never why (the traceback is in the server's log)."""
+    return (f"Internal Server Error\n\n{_request_line(scope)} failed in the application; "
+            "the server's log has the details.\n").encode("utf-8", "replace")
+
+
+def access_line(client: Any, method: str, target: bytes, http_version: str, status: int, size: int,
+                headers: Any) -> str:
+    """One request in Apache's combined log format (nginx's default too):
+    `127.0.0.1 - - [06/Dec/2026:16:58:39 +0000] "GET /a?b HTTP/1.1" 200 13 "referer" "user agent"`."""
+    referer = agent = "-"
+    for name, value in headers:
+        if name == b"referer":
+            referer = _printable(value.decode("latin-1"))
+        elif name == b"user-agent":
+            agent = _printable(value.decode("latin-1"))
+    when = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
+    version = "2.0" if http_version == "2" else http_version
+    line = _printable(f"{method} {target.decode('latin-1')} HTTP/{version}")
+    return (f'{client[0] if client else "-"} - - [{when}] "{line}" {status} {size or "-"} '
+            f'"{referer}" "{agent}"')
 
 
 class _Clock:
@@ -64,16 +109,12 @@ _time = time.time
 _clock = _Clock()
 
 
-_time = time.time
-_clock = _Clock()
-
-
 class Cycle:
     """One request and its response: the ASGI `receive` and `send` callables live here."""
 
     __slots__ = ("handler", "stream", "conn", "request", "scope", "events", "index", "body_done",
                  "started", "head_sent", "complete", "status", "headers", "disconnected", "response_done",
-                 "ready")
+                 "ready", "sent")
 
     # No __init__: HTTPHandler.__call__ makes each one with object.__new__ and sets every slot itself,
     # once per request. What they hold:
@@ -93,20 +134,20 @@ class Cycle:
     status: int
     headers: Any
     response_done: asyncio.Future[None] | None  # set when something waits for the response to end
+    sent: int  # body bytes sent (the access log's size)
 
     def failed(self, exc: Exception) -> None:
         if isinstance(exc, (PeerResetError, ClosedError, ConnectionError)):
             self.stream.abort()
             return
-        log.error("ASGI app raised an exception for %s %s", self.scope["method"], self.scope["path"],
-                  exc_info=exc)
+        log.error("ASGI app raised an exception for %s", describe_request(self.scope), exc_info=exc)
         self._fail("the application raised an exception")
 
     def incomplete(self) -> None:
         if not self.started:
-            log.error("ASGI app returned without starting a response for %s", self.scope["path"])
+            log.error("ASGI app returned without starting a response for %s", describe_request(self.scope))
         else:
-            log.error("ASGI app returned before its response was complete for %s", self.scope["path"])
+            log.error("ASGI app returned before its response was complete for %s", describe_request(self.scope))
         self._fail("the application sent no complete response")
 
     def ended(self) -> None:
@@ -119,8 +160,13 @@ class Cycle:
         if not self.head_sent:
             try:
                 self.stream.send_nowait(self.conn.response(
-                    500, [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")],
-                    b"Internal Server Error\n", _clock.extra(self.handler.server_header)))
+                    500, [(b"content-type", b"text/plain; charset=utf-8"), (b"x-content-type-options", b"nosniff"),
+                          (b"connection", b"close")],
+                    b"" if self.request.method == b"HEAD" else error_page(self.scope),
+                    _clock.extra(self.handler.server_header)))
+                self.status = 500
+                if self.handler.access_log:
+                    self._log_access()
             except (SocketkitError, LocalProtocolError):
                 pass
             self.stream.close()
@@ -218,6 +264,7 @@ class Cycle:
             body = message.get("body", b"")
             more = message.get("more_body", False)
             conn = self.conn
+            self.sent += len(body)
             if not self.head_sent:
                 clock = _clock  # _clock.extra(), written out: once per response
                 if not clock.since <= _time() < clock.until:
@@ -279,6 +326,7 @@ class Cycle:
 
                 count = os.fstat(file.fileno()).st_size - (offset or 0)
             if count:
+                self.sent += count
                 await self._sendfile(file, offset or 0, count)
         if not more:
             tail = conn.end()
@@ -303,9 +351,7 @@ class Cycle:
             conn.body_sent_externally(count)
 
     def _log_access(self) -> None:
-        client = self.scope.get("client")
-        who = f"{client[0]}:{client[1]}" if client else "-"
-        query = self.scope["query_string"]
-        target = self.scope["path"] + ("?" + query.decode("latin-1") if query else "")
-        access_log.info('%s - "%s %s HTTP/%s" %d', who, self.scope["method"], target,
-                        self.scope["http_version"], self.status)
+        request = self.request
+        sent = 0 if request.method == b"HEAD" else self.sent
+        access_log.info(access_line(self.scope.get("client"), self.scope["method"], request.target,
+                                    request.http_version, self.status, sent, request.headers))

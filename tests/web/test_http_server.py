@@ -377,17 +377,29 @@ async def test_app_exception_before_response_is_500_and_logged(caplog):
     caplog.set_level(logging.ERROR, logger="socketkit.web")
     async with serving(raise_before_app) as web:
         async with await RawClient.open(port_of(web)) as c:
-            r = await c.request("GET", "/boom")
+            r = await c.request("GET", "/boom?x=%0d%0a1")
             assert r.status == 500
             assert r.header("connection") == "close"
             assert await c.closed() == b""
+        # The page names the request that failed (control characters escaped), never the traceback.
+        assert r.body.startswith(b"Internal Server Error\n\nGET /boom?x=%0d%0a1 HTTP/1.1 failed")
+        assert b"boom before" not in r.body and b"Traceback" not in r.body
+        assert r.header("x-content-type-options") == "nosniff"
         records = [rec for rec in caplog.records if rec.name == "socketkit.web" and rec.exc_info]
         assert records, caplog.text
+        assert '"GET /boom?x=%0d%0a1 HTTP/1.1" from 127.0.0.1:' in records[0].getMessage()
         assert "boom before the response" in caplog.text
         assert "Traceback" in caplog.text
         async with await RawClient.open(port_of(web)) as c:  # the server keeps serving
             r = await c.request("GET", "/ok")
             assert (r.status, r.body) == (200, b"still alive")
+
+
+async def test_a_request_line_without_a_version_is_400():
+    async with serving(raise_before_app) as web, await RawClient.open(port_of(web)) as c:
+        await c.send(b"GET /\r\n\r\n")
+        r = await c.response()
+        assert r.status == 400 and b"without an HTTP version" in r.body
 
 
 async def test_app_exception_in_the_middle_of_a_body_cuts_the_connection(caplog):

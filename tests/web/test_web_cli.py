@@ -139,3 +139,65 @@ def test_web_sigterm_with_an_open_idle_connection_exits_promptly():
             assert time.monotonic() - start < 8
         finally:
             conn.close()
+
+
+# -- what uvicorn users reach for ----------------------------------------------------------------------
+
+
+def test_web_access_log_is_in_the_combined_format():
+    with Spawned("web", APP, *LISTEN, "--access-log") as proc:
+        url = listening_url(proc)
+        assert _get(url, "/two?q=1", headers={"Referer": "http://x/", "User-Agent": 'ua "quoted"'})[0] == 200
+        m = proc.read_until(r'(\S+) - - \[(\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000)\] "GET /two\?q=1 HTTP/1\.1" '
+                            r'(\d{3}) (\S+) "([^"]*)" "([^"]*)"', timeout=5)
+        assert (m.group(1), m.group(3), m.group(4), m.group(5)) == ("127.0.0.1", "200", "5", "http://x/")
+        assert m.group(6) == r"ua \x22quoted\x22"
+        assert _stop(proc)[0] == 0
+
+
+def test_web_log_level_env_file_and_factory(tmp_path: Path):
+    (tmp_path / "factory_app.py").write_text(
+        "import os\n"
+        "def make():\n"
+        "    async def app(scope, receive, send):\n"
+        "        if scope['type'] != 'http':\n"
+        "            return\n"
+        "        body = (os.environ['GREETING'] + '|' + os.environ['KEPT']).encode()\n"
+        "        await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "        await send({'type': 'http.response.body', 'body': body})\n"
+        "    return app\n")
+    (tmp_path / ".env").write_text('# settings\nexport GREETING="hi \\"there\\""\nKEPT=from-file # comment\n')
+    env = cli_env(PYTHONPATH=str(tmp_path), KEPT="from-environment")
+    with Spawned("web", "factory_app:make", "--factory", "--env-file", str(tmp_path / ".env"), *LISTEN,
+                 "--log-level", "info", env=env) as proc:
+        url = listening_url(proc)
+        assert _get(url, "/") == (200, b'hi "there"|from-environment')
+        code, _, err = _stop(proc)
+    assert code == 0, err
+    assert b" INFO " in err  # --log-level info after the subcommand, as uvicorn users type it
+
+
+def test_web_help_names_the_uds_and_fd_ways():
+    done = run_cli("web", "--help")
+    text = " ".join(done.stdout.decode().split())
+    assert done.returncode == 0 and "unix:///PATH (uvicorn's --uds)" in text and "LISTEN_FDS" in text and "--reload" in text
+
+
+def test_web_reload_restarts_the_worker_when_a_file_changes(tmp_path: Path):
+    app = tmp_path / "reload_app.py"
+    app.write_text("async def app(scope, receive, send):\n"
+                   "    if scope['type'] != 'http':\n"
+                   "        return\n"
+                   "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+                   "    await send({'type': 'http.response.body', 'body': b'one'})\n")
+    env = cli_env(PYTHONPATH=str(tmp_path))
+    with Spawned("web", "reload_app:app", *LISTEN, "--reload", "--reload-dir",
+                 str(tmp_path), env=env) as proc:
+        url = listening_url(proc)
+        assert _get(url, "/") == (200, b"one")
+        app.write_text(app.read_text().replace("b'one'", "b'two'"))
+        url = listening_url(proc, timeout=15)  # the new worker announces itself (a new port: port 0)
+        assert wait_until(lambda: _get(url, "/") == (200, b"two"), timeout=15)
+        code, _, err = _stop(proc)
+    assert code == 0, err
+    assert b"restarting the server" in err and b"Traceback" not in err
