@@ -14,12 +14,12 @@ import pwd
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import asyncssh
-from asyncssh.public_key import decode_ssh_certificate, decode_ssh_public_key
+from typing import TYPE_CHECKING, Any
 
 from socketkit.errors import SocketkitError
+
+if TYPE_CHECKING:
+    import asyncssh
 
 log = logging.getLogger("socketkit.remote")
 
@@ -61,6 +61,8 @@ def _signature(path: Path) -> tuple[int, int, int, int] | None:
 
 
 def _read_cas(path: Path) -> list[asyncssh.SSHKey]:
+    import asyncssh
+
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -96,6 +98,8 @@ class KeyStore:
         self.authorized()
 
     def authorized(self) -> asyncssh.SSHAuthorizedKeys | None:
+        import asyncssh
+
         sig = _signature(self.authorized_path)
         if sig != self._sig:
             self._sig = sig
@@ -119,6 +123,9 @@ def _name(value: bytes | str) -> str:
 
 def describe(key_data: bytes) -> dict[str, Any]:
     """Audit fields for a key or certificate blob: fingerprints and ids, never the key itself."""
+    import asyncssh
+    from asyncssh.public_key import decode_ssh_certificate, decode_ssh_public_key
+
     try:
         cert = decode_ssh_certificate(key_data)
     except (asyncssh.KeyImportError, ValueError):
@@ -141,6 +148,9 @@ def certificate_problem(key_data: bytes) -> str | None:
     """Why a user certificate is not acceptable before asyncssh looks at it (None: no objection, or not
     a certificate). asyncssh takes a certificate without principals as valid for every user; OpenSSH
     refuses it for TrustedUserCAKeys, and so do we."""
+    import asyncssh
+    from asyncssh.public_key import decode_ssh_certificate
+
     try:
         cert = decode_ssh_certificate(key_data)
     except (asyncssh.KeyImportError, ValueError):
@@ -154,6 +164,9 @@ def certificate_problem(key_data: bytes) -> str | None:
 
 def refusal_reason(key_data: bytes, username: str, account: Account, store: KeyStore) -> str:
     """A readable reason for the audit log once asyncssh said no to a key or certificate."""
+    import asyncssh
+    from asyncssh.public_key import decode_ssh_certificate
+
     if username != account.name:
         return f"user {username!r} is not {account.name!r}, the only account this server logs in"
     try:

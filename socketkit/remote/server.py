@@ -151,6 +151,7 @@ class RemoteServer:
         self.limits = config.limits
         self.servers: list[SocketServer] = []
         self.fingerprint = ""
+        self.host_key_type = ""
         self.host_cert = False
         self.account: Account
         self.keys: KeyStore
@@ -178,6 +179,8 @@ class RemoteServer:
         self.keys = KeyStore(keys_path, Path(config.trusted_ca) if config.trusted_ca is not None else None)
         key, cert, _ = load_host_key(config.host_key)
         self.fingerprint = key.get_fingerprint("sha256")
+        alg = key.get_algorithm()
+        self.host_key_type = alg.decode() if isinstance(alg, bytes) else str(alg)
         self.host_cert = cert is not None
         self.audit = AuditLog(config.audit_log if config.audit_log is not None else audit_log_path())
         limits = self.limits
@@ -226,7 +229,10 @@ class RemoteServer:
 
         await self._ready.wait()
         loop = asyncio.get_running_loop()
-        st = ConnState(self, sock, peer)
+        try:
+            st = ConnState(self, sock, peer)
+        except OSError:  # reset between accept() and now: nothing to serve, nothing to record
+            return
         if self._unauthenticated >= self.limits.max_unauthenticated:
             st.limit_hit("max_unauthenticated", self.limits.max_unauthenticated, "connection refused")
             return
@@ -239,7 +245,11 @@ class RemoteServer:
         st.conn = conn
         st.start_grace()
         try:
-            await loop.create_connection(lambda: conn, sock=sock)
+            try:
+                await loop.create_connection(lambda: conn, sock=sock)
+            except OSError as e:
+                st.reason = f"connection failed: {e.strerror or e}"
+                return
             await conn.wait_closed()
         finally:
             st.cancel_timers()
@@ -251,7 +261,7 @@ class RemoteServer:
                      authenticated=st.authenticated, reason=st.reason or "closed")
 
     def _uncount(self, st: Any) -> None:
-        if getattr(st, "counted", False):
+        if st.counted:
             st.counted = False
             self._unauthenticated -= 1
 
@@ -310,7 +320,8 @@ async def start_remote(config: RemoteConfig | None = None) -> RemoteServer:
 def announce(remote: RemoteServer) -> None:
     for ep in remote.endpoints:
         sys.stderr.write(f"remote listening on {ep}\n")
-    sys.stderr.write(f"remote host key {remote.fingerprint} (ED25519{', with a host certificate' if remote.host_cert else ''})\n")
+    cert = ", with a host certificate" if remote.host_cert else ""
+    sys.stderr.write(f"remote host key {remote.fingerprint} ({remote.host_key_type}{cert})\n")
     if remote.endpoints:
         ep = remote.endpoints[0]
         host = ep.host if ep.host not in ("0.0.0.0", "::", "") else "HOST"

@@ -47,6 +47,7 @@ class ConnState:
         self.user: str | None = None
         self.login: dict[str, Any] = {}
         self.authenticated = False
+        self.counted = False                # among the server's unauthenticated connections
         self.failures = 0
         self.channels = 0
         self.idle_since: float | None = None
@@ -238,8 +239,13 @@ class Handler(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         st = self.st
-        if st is not None and st.reason is None:
-            st.reason = str(exc) if exc else "closed"
+        if st is None or st.reason is not None:
+            return
+        st.reason = str(exc) if exc else "closed"
+        if exc is not None and "keepalive" in str(exc):  # asyncssh's ClientAlive check gave up on the client
+            limits = self.server.limits
+            st.limit_hit("keepalive_count_max", limits.keepalive_count_max,
+                         f"no answer to {limits.keepalive_count_max} keepalives {limits.keepalive_interval:g} s apart")
 
     def begin_auth(self, username: str) -> bool:
         st, server = self.st, self.server

@@ -121,6 +121,18 @@ async def test_the_record_comes_first_and_a_client_that_leaves_takes_its_process
         assert s.remote.sessions() == []
 
 
+async def test_stopping_the_server_ends_sessions_and_their_processes(tmp_path):
+    async with serving(tmp_path) as s:
+        async with started(s.ssh("echo $$; sleep 300; true")) as proc:
+            pgid = int(await asyncio.wait_for(proc.stdout.readline(), 20))
+            await asyncio.wait_for(s.remote.aclose(), 20)  # (serving's own aclose afterwards does nothing)
+            assert await asyncio.wait_for(proc.wait(), 20) == 255
+            assert b"server shutting down" in await proc.stderr.read()
+        assert not _alive_in_group(pgid)
+        assert s.records("disconnect")[-1]["reason"] == "server shutting down"
+        assert s.records()[-1]["event"] == "stop"
+
+
 async def test_refusals_unknown_key_password_wrong_user(tmp_path):
     async with serving(tmp_path) as s:
         other = keygen(tmp_path / "other")

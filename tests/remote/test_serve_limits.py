@@ -6,6 +6,8 @@ connection (MaxSessions). Small values, so that every limit is reached in well u
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import asyncssh
 import pytest
@@ -112,6 +114,21 @@ async def test_traffic_timeout(tmp_path):
             proc.stdin.close()
             out = await asyncio.wait_for(proc.stdout.read(), 20)
             assert await proc.wait() == 0 and out.split()[-1] == b"done" and len(out.split()) == 11
+
+
+async def test_keepalives_drop_a_client_that_stopped_answering(tmp_path):
+    async with serving(tmp_path, limits=RemoteLimits(keepalive_interval=0.5, keepalive_count_max=2)) as s:
+        async with started(s.ssh("echo in; sleep 30")) as proc:
+            assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"in\n"
+            await asyncio.sleep(1.0)  # a client that answers keeps its connection
+            assert not s.records("disconnect")
+            os.kill(proc.pid, signal.SIGSTOP)  # frozen: the TCP connection stays, the answers stop
+            try:
+                rec = await s.wait_record("limit", limit="keepalive_count_max")
+                assert rec["value"] == 2
+                assert "keepalive" in (await s.wait_record("disconnect", conn=rec["conn"]))["reason"]
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
 
 
 async def test_max_sessions(tmp_path):

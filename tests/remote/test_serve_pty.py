@@ -22,6 +22,7 @@ async def test_shell_on_a_pty_in_tmux_tty_size_resize_and_ctrl_c(tmp_path):
     async with serving(tmp_path) as s:
         argv = s.ssh(flags=["-tt"], options=["SetEnv=LANG=C.UTF-8"])
         async with Tmux(argv, cols=100, rows=30, socket_dir=str(tmp_path)) as t:
+            t.type("unset HISTFILE")  # the shell runs in the real home: no history written there
             # Markers computed by the remote shell ($((...))) appear only in its output, not in the echo
             t.type("echo T$((40+2)) $(tty) TERM=$TERM LANG=$LANG")
             screen = await t.wait_for("T42 /dev/pts/")
