@@ -160,6 +160,8 @@ class ChatCore:
         self._exempt_nets = self.limits.exempt_networks()
         self._exempt_accounts = {a.casefold() for a in self.limits.flood_exempt_accounts}
         self.monitors: dict[str, set[Client]] = {}  # folded nick -> clients MONITORing it (core_monitor)
+        self._labeling: Client | None = None  # the client whose labeled command is running
+        self._deferred: list[bytes] = []      # its lines that are not part of the response
         # Set by a backplane (socketkit.chat.backplane): local users' actions then also come out as
         # Event items, and users of other nodes live here as Clients with `remote` set (core_remote).
         self.federated = False
@@ -204,6 +206,8 @@ class ChatCore:
             item = exc
         if type(item) is Message:
             if item.command == "PONG":
+                if item.tags and "label" in item.tags and "labeled-response" in c.caps:
+                    self._handle(c, item)  # answered with an ACK, and still free of the flood bucket
                 return
         if c.exempt:
             self._handle(c, item)
@@ -311,11 +315,26 @@ class ChatCore:
         if type(item) is Message and item.tags and "label" in item.tags and "labeled-response" in c.caps:
             label = item.tags["label"]
             start = len(c.out)
-            self._run(c, item)
+            self._labeling = c
+            try:
+                self._run(c, item)
+            finally:
+                self._labeling = None
             if not c.closed and label and len(label) <= 64:
                 self._label(c, start, label)
+            deferred, self._deferred = self._deferred, []
+            for line in deferred:
+                self.send(c, line)
             return
         self._run(c, item)
+
+    def deliver_to_self(self, c: Client, line: bytes) -> None:
+        """A message `c` sent to itself arriving: not part of the response to its command (labeled-response
+        labels only the echo), so it goes after the response."""
+        if self._labeling is c:
+            self._deferred.append(line)
+        else:
+            self.send(c, line)
 
     def _run(self, c: Client, item: Message | IRCParseError) -> None:
         if isinstance(item, LineTooLong):
@@ -351,6 +370,8 @@ class ChatCore:
             self.reply(c, "ACK", tags={"label": label})
         elif produced == 1:
             out[start] = add_tag(out[start], tag)
+        elif "batch" not in c.caps:
+            return  # several lines and no batch to put them in: they go unlabeled (labeled-response needs batch)
         else:
             ref = f"L{secrets.token_hex(4)}"
             body = [line if has_tag(line, b"batch") else add_tag(line, b"batch=" + ref.encode())

@@ -32,7 +32,7 @@ def names_symbol(ch: Channel) -> str:
     return "@" if "s" in ch.modes else "="
 
 
-def send_names(core: ChatCore, c: Client, ch: Channel) -> None:
+def send_names(core: ChatCore, c: Client, ch: Channel, end: bool = True) -> None:
     multi = "multi-prefix" in c.caps
     full = "userhost-in-names" in c.caps
     member = c in ch.members
@@ -54,7 +54,8 @@ def send_names(core: ChatCore, c: Client, ch: Channel) -> None:
         size += len(word) + 1
     if words:
         core.num(c, N.RPL_NAMREPLY, symbol, ch.name, " ".join(words))
-    core.num(c, N.RPL_ENDOFNAMES, ch.name, "End of /NAMES list")
+    if end:
+        core.num(c, N.RPL_ENDOFNAMES, ch.name, "End of /NAMES list")
 
 
 def relay_join(core: ChatCore, recipients: list[Client], x: Client, ch: Channel) -> None:
@@ -181,7 +182,15 @@ def cmd_topic(core: ChatCore, c: Client, msg: Message) -> None:
 
 def cmd_names(core: ChatCore, c: Client, msg: Message) -> None:
     if not msg.params or not msg.params[0]:
-        core.num(c, N.RPL_ENDOFNAMES, "*", "End of /NAMES list")  # the whole network: not offered
+        # Every channel the client may see (its own, and the others that are not secret), then one end.
+        shown = 0
+        for ch in list(core.channels.values()):
+            if c in ch.members or "s" not in ch.modes:
+                if shown >= core.limits.list_max:
+                    break
+                send_names(core, c, ch, end=False)
+                shown += 1
+        core.num(c, N.RPL_ENDOFNAMES, "*", "End of /NAMES list")
         return
     name = msg.params[0].split(",")[0]
     ch = core.lookup_channel(name)

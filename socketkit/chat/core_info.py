@@ -82,6 +82,18 @@ def cmd_motd(core: ChatCore, c: Client, msg: Message) -> None:
     send_motd(core, c)
 
 
+def cmd_info(core: ChatCore, c: Client, msg: Message) -> None:
+    if msg.params and msg.params[0] and core.fold(msg.params[0]) != core.fold(core.server_name) \
+            and core.lookup_nick(msg.params[0]) is None and "*" not in msg.params[0]:
+        core.num(c, N.ERR_NOSUCHSERVER, msg.params[0], "No such server")
+        return
+    for line in (f"{core.version}: socketkit chat, an IRC server in Python (sans-I/O core, uvloop I/O)",
+                 "https://modern.ircdocs.horse and https://ircv3.net are what it follows",
+                 f"On-line since {_time.strftime('%Y-%m-%d %H:%M:%S UTC', _time.gmtime(core.created))}"):
+        core.num(c, N.RPL_INFO, line)
+    core.num(c, N.RPL_ENDOFINFO, "End of INFO list")
+
+
 def cmd_lusers(core: ChatCore, c: Client, msg: Message) -> None:
     send_lusers(core, c)
 
@@ -281,6 +293,7 @@ def cmd_ison(core: ChatCore, c: Client, msg: Message) -> None:
 HANDLERS = {
     "MOTD": (cmd_motd, 0, False),
     "LUSERS": (cmd_lusers, 0, False),
+    "INFO": (cmd_info, 0, False),
     "VERSION": (cmd_version, 0, False),
     "TIME": (cmd_time, 0, False),
     "AWAY": (cmd_away, 0, False),

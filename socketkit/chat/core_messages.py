@@ -36,10 +36,14 @@ def _deliver(core: ChatCore, c: Client, msg: Message) -> None:
         if not quiet:
             core.num(c, N.ERR_NOTEXTTOSEND, "No text to send")
         return
+    raw = msg.params[0]
     targets: dict[str, str] = {}
-    for t in msg.params[0].split(","):
-        if t:
-            targets.setdefault(core.fold(t), t)
+    if "," in raw:
+        for t in raw.split(","):
+            if t:
+                targets.setdefault(core.fold(t), t)
+    else:
+        targets[core.fold(raw)] = raw
     if len(targets) > core.limits.maxtargets:
         if not quiet:
             core.num(c, N.ERR_TOOMANYTARGETS, list(targets.values())[core.limits.maxtargets],
@@ -50,14 +54,17 @@ def _deliver(core: ChatCore, c: Client, msg: Message) -> None:
     if not tagmsg:
         c.last_spoke = now
     echo = "echo-message" in c.caps
-    for target in targets.values():
+    for folded, target in targets.items():
         text = None
         if not tagmsg:
-            overhead = len(f":{c.prefix} {command} {target} :\r\n".encode())
-            text = truncate_utf8(msg.params[1], 512 - overhead)
+            text = msg.params[1]
+            overhead = len(c.prefix) + len(command) + len(target) + 7  # ":" " " " " " :" CRLF
+            if 4 * len(text) + 4 * overhead > 512:  # it may not fit: measure in octets, cut if need be
+                overhead = len(f":{c.prefix} {command} {target} :\r\n".encode())
+                text = truncate_utf8(text, 512 - overhead)
         params = [target] if text is None else [target, text]
         if target[0] == "#":
-            ch = core.lookup_channel(target)
+            ch = core.channels.get(folded)
             if ch is None:
                 if not quiet:
                     core.num(c, N.ERR_NOSUCHCHANNEL, target, "No such channel")
@@ -91,8 +98,21 @@ def _deliver(core: ChatCore, c: Client, msg: Message) -> None:
                 continue
             params[0] = x.nick or target
             msgid = core.new_msgid()
-            core.relay([x, c] if echo and x is not c else [x], c, command, params,
-                       msgid=msgid, client_tags=client_tags, tags_only=tagmsg, when=now)
+            if x is c:
+                # To oneself: the echo (with echo-message) is the response, the delivery comes after it.
+                if echo:
+                    core.relay([c], c, command, params, msgid=msgid, client_tags=client_tags, tags_only=tagmsg,
+                               when=now)
+                start = len(c.out)
+                core.relay([c], c, command, params, msgid=msgid, client_tags=client_tags, tags_only=tagmsg,
+                           when=now)
+                delivered = c.out[start:]
+                del c.out[start:]
+                for line in delivered:
+                    core.deliver_to_self(c, line)
+            else:
+                core.relay([x, c] if echo else [x], c, command, params,
+                           msgid=msgid, client_tags=client_tags, tags_only=tagmsg, when=now)
             if x.remote is not None and core.federated:  # a user on another node: the backplane delivers
                 core.emit("msg", c, command=command, target=params[0], to=list(x.cid), text=text, msgid=msgid,
                           tags=client_tags, time=now)

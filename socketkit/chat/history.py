@@ -3,9 +3,9 @@
 Writes are batched off the hot path: `append` only queues a row (no I/O, no encoding), and a writer
 thread commits whatever is queued in one transaction, again and again (WAL with synchronous=NORMAL: a
 commit is a write to the log, not an fsync). The busier the server, the more rows share a commit, as
-with mail's committer. A read (replay on JOIN, CHATHISTORY) first commits what is queued, so it always
+with mail's committer (BATCH_DELAY after the first row, so at most 100 commits a second). A read (replay on JOIN, CHATHISTORY) first commits what is queued, so it always
 sees every message appended before it; `close()` commits the rest. A crash of the process loses at
-most the last batch (milliseconds of messages), a power cut what the WAL had not synced.
+most the last batch (about 10 ms of messages), a power cut what the WAL had not synced.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time as _time
 from collections import deque
 from pathlib import Path
 
@@ -38,6 +39,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_msgid ON messages (msgid);
 """
 _INSERT = ("INSERT OR IGNORE INTO messages (target, msgid, time, source, command, text, tags)"
            " VALUES (?, ?, ?, ?, ?, ?, ?)")
+BATCH_DELAY = 0.01     # seconds the writer waits after the first queued row, for more to share the commit
 _MAX_QUEUED = 100_000  # rows waiting for the writer; past it append() writes a batch itself
 
 
@@ -83,9 +85,10 @@ class SQLiteHistory:
                tags: dict[str, str] | None = None) -> None:
         queued = self._queued
         queued.append((target_folded, msgid, time, source, command, text, tags))
-        if not self._wake.is_set():
+        n = len(queued)
+        if n == 1:  # the writer empties the queue before it waits again: only the first row wakes it
             self._wake.set()
-        if len(queued) > _MAX_QUEUED:  # the disk cannot keep up: slow the loop down rather than grow
+        elif n > _MAX_QUEUED:  # the disk cannot keep up: slow the loop down rather than grow
             with self._lock:
                 self._commit_queued()
 
@@ -93,13 +96,14 @@ class SQLiteHistory:
         while not self._closed:
             self._wake.wait()
             self._wake.clear()
-            if self._closed:
-                return
-            try:
-                with self._lock:
-                    self._commit_queued()
-            except Exception:  # noqa: BLE001 - a full disk must not end the writer; the rows are lost
-                log.exception("chat history: could not store messages")
+            # A moment for more rows to arrive: at most 1/BATCH_DELAY commits a second, however busy.
+            _time.sleep(BATCH_DELAY)
+            while self._queued and not self._closed:
+                try:
+                    with self._lock:
+                        self._commit_queued()
+                except Exception:  # noqa: BLE001 - a full disk must not end the writer; the rows are lost
+                    log.exception("chat history: could not store messages")
 
     def _commit_queued(self) -> None:
         """Write every queued row in one transaction (the caller holds the lock)."""

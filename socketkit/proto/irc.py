@@ -116,6 +116,9 @@ def _parse_tags(raw: str) -> dict[str, str]:
 
 # -- messages -----------------------------------------------------------------------------------------
 _COMMAND = re.compile(r"(?:[A-Za-z]+|[0-9]{3})\Z")
+# What a received line may carry as its command: a server answers a well-formed but unknown one with 421
+# (ERR_UNKNOWNCOMMAND), so the parser accepts more than the commands IRC defines (e.g. FOO_BAR, PRIV1MSG).
+_COMMAND_IN = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
 _BAD_CHARS = re.compile(r"[\r\n\0]")
 
 
@@ -211,7 +214,7 @@ def parse(line: bytes, *, check: str | None = None) -> Message:
     if not words:
         raise IRCParseError("empty line" if not text.strip(" ") else "no command")
     command = words[0]
-    if not _COMMAND.match(command):
+    if not _COMMAND_IN.match(command):
         raise IRCParseError(f"bad command {command[:32]!r}")
     params = words[1:]
     if colon:
@@ -330,7 +333,9 @@ class Numeric(StrEnum):
     RPL_ENDOFNAMES = "366"
     RPL_BANLIST = "367"
     RPL_ENDOFBANLIST = "368"
+    RPL_INFO = "371"
     RPL_MOTD = "372"
+    RPL_ENDOFINFO = "374"
     RPL_MOTDSTART = "375"
     RPL_ENDOFMOTD = "376"
     RPL_TIME = "391"

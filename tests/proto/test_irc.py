@@ -46,11 +46,18 @@ def test_parse_empty_trailing_and_multiple_spaces():
     assert parse(b"USER a 0 * ::colon").params == ["a", "0", "*", ":colon"]
 
 
-@pytest.mark.parametrize("line", [b"", b"   ", b"@a=b", b":src", b":src ", b": PRIVMSG x", b"12 x", b"PRIV1MSG",
+@pytest.mark.parametrize("line", [b"", b"   ", b"@a=b", b":src", b":src ", b": PRIVMSG x", b"PRIV.MSG", b"PRIV:MSG",
                                   b"PRIVMSG a\0b", b"PRIVMSG a\rb", b"\xff\xfe"])
 def test_parse_garbage(line):
     with pytest.raises(IRCParseError):
         parse(line)
+
+
+@pytest.mark.parametrize("line", [b"12 x", b"PRIV1MSG", b"NONEXISTENT_COMMAND", b"x-y"])
+def test_unknown_command_shapes_parse_so_a_server_can_answer_421(line):
+    # Modern IRC: a command is letters or a 3-digit numeric; a server still answers other tokens with 421
+    # ERR_UNKNOWNCOMMAND (a labeled-response client waits for that answer), so the parser hands them over.
+    assert parse(line).command == line.split()[0].decode().upper()
 
 
 def test_latin1_fallback():
