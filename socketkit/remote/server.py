@@ -47,16 +47,18 @@ class RemoteLimits:
     max_connections: int = 1000
     #: connections not yet authenticated, from everywhere (MaxStartups' hard limit, 100)
     max_unauthenticated: int = 100
-    #: connections not yet authenticated from one address (MaxStartups' start, 10); authenticated ones no longer count
-    max_unauthenticated_per_address: int = 10
+    #: connections not yet authenticated from one address (MaxStartups' first number, counted per address as
+    #: PerSourceMaxStartups does); authenticated ones no longer count
+    max_startups: int = 10
     #: failed authentication attempts on one connection before it is cut (MaxAuthTries)
     max_auth_tries: int = 6
     #: seconds from the connection to a successful login, version line included (LoginGraceTime)
     login_grace_time: float = 120.0
+    #: seconds without traffic (bytes from the client, channel data to it), sessions open or not (0: never, as
+    #: sshd by default; with keepalives on, the client's answers count as traffic)
+    idle_timeout: float = 0.0
     #: seconds an authenticated connection may stay without any open session or forward (UnusedConnectionTimeout)
-    idle_timeout: float = 600.0
-    #: seconds without traffic (bytes from the client, channel data to it) even with sessions open (0: never)
-    traffic_timeout: float = 0.0
+    unused_timeout: float = 600.0
     #: seconds between keepalive probes of a silent client (ClientAliveInterval; 0: none) ...
     keepalive_interval: float = 0.0
     #: ... and probes left unanswered before it is dropped (ClientAliveCountMax)
@@ -199,7 +201,7 @@ class RemoteServer:
             server = await start_socket_server(
                 endpoints, self._handle, limits=Limits(max_connections=limits.max_connections,
                                                        drain_timeout=max(limits.drain_timeout, 0.001)),
-                per_address=limits.max_unauthenticated_per_address, name="remote", on_refused=self._refused)
+                per_address=limits.max_startups, name="remote", on_refused=self._refused)
         except BaseException:
             self.audit.close()
             raise
@@ -218,9 +220,8 @@ class RemoteServer:
     # -- connections -------------------------------------------------------------------------------------
     def _refused(self, peer: Any, limit: str) -> None:
         ip = peer[0] if isinstance(peer, tuple) else str(peer)
-        value = self.limits.max_connections if limit == "max_connections" else \
-            self.limits.max_unauthenticated_per_address
-        name = "max_connections" if limit == "max_connections" else "max_unauthenticated_per_address"
+        name = "max_connections" if limit == "max_connections" else "max_startups"
+        value = getattr(self.limits, name)
         log.warning("remote: connection from %s refused (limit %s=%s)", ip, name, value)
         self.audit.write("limit", peer=ip, limit=name, value=value, message="connection refused")
 

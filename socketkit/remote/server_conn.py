@@ -110,7 +110,7 @@ class ConnState:
 
     def start_idle_watch(self) -> None:
         limits = self.server.limits
-        checks = [t for t in (limits.idle_timeout, limits.traffic_timeout) if t]
+        checks = [t for t in (limits.unused_timeout, limits.idle_timeout) if t]
         if checks:
             self._idle = asyncio.get_running_loop().call_later(min(checks), self._check_idle)
 
@@ -118,25 +118,25 @@ class ConnState:
         self._idle = None
         limits, now = self.server.limits, time.monotonic()
         waits = []
-        if limits.idle_timeout:
+        if limits.unused_timeout:
             if self.channels == 0:
                 since = self.idle_since if self.idle_since is not None else now
-                if now - since >= limits.idle_timeout:
-                    self.limit_hit("idle_timeout", limits.idle_timeout,
-                                   f"no open session or forward for {limits.idle_timeout:g} s")
-                    self.cut(f"idle for {limits.idle_timeout:g} s")
+                if now - since >= limits.unused_timeout:
+                    self.limit_hit("unused_timeout", limits.unused_timeout,
+                                   f"no open session or forward for {limits.unused_timeout:g} s")
+                    self.cut(f"unused for {limits.unused_timeout:g} s: no session or forward open")
                     return
-                waits.append(since + limits.idle_timeout - now)
+                waits.append(since + limits.unused_timeout - now)
             else:
-                waits.append(limits.idle_timeout)
-        if limits.traffic_timeout:
+                waits.append(limits.unused_timeout)
+        if limits.idle_timeout:
             quiet = now - self.last_active
-            if quiet >= limits.traffic_timeout:
-                self.limit_hit("traffic_timeout", limits.traffic_timeout,
-                               f"no traffic for {limits.traffic_timeout:g} s")
-                self.cut(f"no traffic for {limits.traffic_timeout:g} s")
+            if quiet >= limits.idle_timeout:
+                self.limit_hit("idle_timeout", limits.idle_timeout,
+                               f"no traffic for {limits.idle_timeout:g} s")
+                self.cut(f"no traffic for {limits.idle_timeout:g} s")
                 return
-            waits.append(self.last_active + limits.traffic_timeout - now)
+            waits.append(self.last_active + limits.idle_timeout - now)
         self._idle = asyncio.get_running_loop().call_later(max(0.05, min(waits)), self._check_idle)
 
     def session_closed(self, session: SessionChannel) -> None:

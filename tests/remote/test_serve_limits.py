@@ -1,7 +1,7 @@
 """OpenSSH's limits in `remote serve` (RemoteLimits), each hit logged and audited: unauthenticated
 connections per address and in all (MaxStartups), failed attempts (MaxAuthTries), the login grace time
-(LoginGraceTime, also for a client that never sends its version line), idle connections, and sessions per
-connection (MaxSessions). Small values, so that every limit is reached in well under a second."""
+(LoginGraceTime, also for a client that never sends its version line), unused and idle connections, sessions per
+connection (MaxSessions), keepalives. Small values, so that every limit is reached in well under a second."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ async def _raw(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, b
 
 
 async def test_unauthenticated_per_address_and_release_after_login(tmp_path):
-    limits = RemoteLimits(max_unauthenticated_per_address=2, login_grace_time=60)
+    limits = RemoteLimits(max_startups=2, login_grace_time=60)
     async with serving(tmp_path, limits=limits) as s:
         # an authenticated connection does not count: two more unauthenticated ones still get in
         async with started(s.ssh("echo in; sleep 30")) as ssh:
@@ -39,7 +39,7 @@ async def test_unauthenticated_per_address_and_release_after_login(tmp_path):
             assert all(line.startswith(b"SSH-2.0-") for _, _, line in conns)
             _, w3, line = await _raw(s.port)
             assert line == b""  # the third from 127.0.0.1 is closed before the server says anything
-            rec = await s.wait_record("limit", limit="max_unauthenticated_per_address")
+            rec = await s.wait_record("limit", limit="max_startups")
             assert rec["value"] == 2 and rec["peer"] == "127.0.0.1"
             for _, w, _ in conns:
                 w.close()
@@ -92,19 +92,19 @@ async def test_auth_tries(tmp_path):
         assert len(s.records("exec")) == 1
 
 
-async def test_idle_timeout_a_connection_without_sessions(tmp_path):
-    async with serving(tmp_path, limits=RemoteLimits(idle_timeout=0.4)) as s:
+async def test_unused_timeout_a_connection_without_sessions(tmp_path):
+    async with serving(tmp_path, limits=RemoteLimits(unused_timeout=0.4)) as s:
         res = await run(s.ssh(flags=["-N"]), timeout=20)  # logged in, asks for nothing
         assert res.rc == 255
-        rec = await s.wait_record("limit", limit="idle_timeout")
-        assert (await s.wait_record("disconnect", conn=rec["conn"]))["reason"].startswith("idle")
+        rec = await s.wait_record("limit", limit="unused_timeout")
+        assert (await s.wait_record("disconnect", conn=rec["conn"]))["reason"].startswith("unused")
 
 
-async def test_traffic_timeout(tmp_path):
-    async with serving(tmp_path, limits=RemoteLimits(traffic_timeout=1.5)) as s:
+async def test_idle_timeout_no_traffic(tmp_path):
+    async with serving(tmp_path, limits=RemoteLimits(idle_timeout=1.5)) as s:
         res = await run(s.ssh("sleep 30"), timeout=20)     # a session, but nothing moves
         assert res.rc == 255 and "no traffic for 1.5 s" in res.errtext
-        assert (await s.wait_record("limit", limit="traffic_timeout"))["value"] == 1.5
+        assert (await s.wait_record("limit", limit="idle_timeout"))["value"] == 1.5
         # traffic keeps a connection: input every 0.25 s for 2.5 s outlives the timeout
         async with started(s.ssh("cat; echo done")) as proc:
             for i in range(10):
