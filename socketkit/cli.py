@@ -511,7 +511,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in words and words[:words.index("--")].count("remote") and "run" in words[:words.index("--")]:
         cut = words.index("--")
         words, after = words[:cut], words[cut + 1:]
-    args = parser.parse_args(words)
+    args, extra = parser.parse_known_args(words)
+    if extra:
+        # `remote copy FILE --hosts F :PATH`: options between the paths leave the last ones over; anything
+        # else left over is an error, said as argparse says it.
+        if getattr(args, "remote_command", None) == "copy" and not any(e.startswith("-") for e in extra):
+            args.paths = list(args.paths) + extra
+        else:
+            parser.parse_args(words)  # exits with argparse's own message
     args.after_dashes = after
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if getattr(args, "access_log", False):
