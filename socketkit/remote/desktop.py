@@ -258,6 +258,15 @@ class DesktopService:
                        bytes_to_vnc=bridge.to_tcp, bytes_to_browser=bridge.to_ws, close_code=bridge.close_code)
 
 
+def _loopback(host: str | None) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _addr(peer: Any) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
@@ -301,6 +310,10 @@ async def serve_desktop(config: DesktopConfig, *, out: Any = None) -> None:
             out.write(f"open the desktop: {url}\n")
         if service.generated:
             out.write("(the token was made up for this run; --token or --token-file keeps one)\n")
+        for ep in server.endpoints:
+            if ep.scheme == "tcp" and not _loopback(ep.host):
+                out.write(f"warning: {ep} is plain HTTP beyond loopback: the token and the desktop travel "
+                          "unencrypted; use tls://... (and ?verify=true&ca=... for client certificates)\n")
         out.flush()
         await stop.wait()
     finally:
