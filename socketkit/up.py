@@ -27,6 +27,9 @@ class Running:
     notes: list[str] = dataclasses.field(default_factory=list)
     #: the service's own live counters, shown beside the socket layer's
     details: Callable[[], dict[str, Any]] | None = None
+    #: connections the socket layer does not see (a library owns them), and how to close one
+    connections: Callable[[], list[dict[str, Any]]] | None = None
+    close_connection: Callable[[Any], bool] | None = None
 
     @property
     def endpoints(self) -> list[str]:
@@ -57,6 +60,9 @@ class UpContext:
     dashboard_token: str | None = None      # required from non-loopback clients of the dashboard
     dashboard_client_certs: bool = False    # the dashboard's listeners verify client certificates (mTLS)
     details: dict[str, Callable[[], dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    # services whose library owns its connections (remote) list and close them themselves
+    connections: dict[str, Callable[[], list[dict[str, Any]]]] = dataclasses.field(default_factory=dict)
+    closers_by_id: dict[str, Callable[[Any], bool]] = dataclasses.field(default_factory=dict)
 
     def listen(self, service: str, default: str) -> list[str]:
         return self.overrides.get(service) or [default]
@@ -76,7 +82,8 @@ def status(ctx: UpContext) -> list[dict[str, object]]:
             stats = server.stats
             for key in total:
                 total[key] += getattr(stats, key)
-        row: dict[str, object] = {"name": r.name, "description": r.description, "endpoints": r.endpoints, **total}
+        row: dict[str, object] = {"name": r.name, "description": r.description, "endpoints": r.endpoints, **total,
+                                  "notes": r.notes}
         if r.details is not None:
             details = {k: v for k, v in r.details().items() if not isinstance(v, dict)}
             # "units": the requests, messages, transfers or commands a service counts, charted per second
@@ -179,6 +186,73 @@ SERVICES.append(Service("peer", "magic-wormhole mailbox + transit relay (peers s
                         _start_peer, ("peer-transit",)))
 
 
+async def _start_remote(ctx: UpContext) -> list[Server]:
+    import time
+    from pathlib import Path
+
+    from socketkit.remote.server import RemoteConfig, start_remote
+
+    keys = Path.home() / ".ssh" / "authorized_keys"
+    if not keys.is_file():
+        ctx.notes["remote"] = [f"not started: no {keys} to accept (add your public key there, or run "
+                               "socketkit remote serve --authorized-keys FILE)"]
+        return []
+    remote = await start_remote(RemoteConfig(listen=ctx.overrides.get("remote") or [f"tcp://{ctx.host}:2222"],
+                                             authorized_keys=str(keys)))
+    ctx.closers.append(remote.aclose)
+    port = remote.endpoints[0].port if remote.endpoints else 2222
+    ctx.notes["remote"] = [f"host key {remote.fingerprint}; connect with: ssh -p {port} {remote.account.name}@{ctx.host}",
+                           f"audit log: {remote.audit.path}"]
+    ctx.details["remote"] = lambda: {"sessions": len(remote.sessions()), "units": remote.audit.events}
+    now = time.time
+
+    def connections() -> list[dict[str, Any]]:
+        rows = []
+        for s in remote.sessions():
+            key = s.get("cert_id") or s.get("fingerprint") or ""
+            rows.append({"id": s["conn"], "peer": s["peer"], "local": "", "protocol": f"ssh {s['kind']}",
+                         "age": round(now() - s["started"], 1) if isinstance(s.get("started"), (int, float)) else 0,
+                         "bytes_in": 0, "bytes_out": 0, "idle": 0,
+                         "info": {k: v for k, v in (("user", s.get("user")), ("key", key),
+                                                    ("command", s.get("command"))) if v}})
+        return rows
+
+    def close(conn_id: object) -> bool:
+        for st in list(remote._conns):
+            if st.id == conn_id:
+                st.cut("closed by the operator from the dashboard")
+                return True
+        return False
+
+    ctx.connections["remote"] = connections
+    ctx.closers_by_id["remote"] = close
+    return list(remote.servers)
+
+
+SERVICES.append(Service("remote", "SSH server for OpenSSH clients (your ~/.ssh/authorized_keys)", _start_remote))
+
+
+async def _start_desktop(ctx: UpContext) -> list[Server]:
+    from socketkit.remote.desktop import start_desktop_for_up
+
+    listen = (ctx.overrides.get("desktop") or [None])[0]
+    servers, notes, details = await start_desktop_for_up(ctx.host, listen)
+    ctx.notes["desktop"] = notes
+    if servers and ctx.landing is not None:
+        for note in notes:  # "desktop viewer: URL"
+            if "http" in note:
+                ctx.landing.links.append((note.split(": ", 1)[-1], "Remote desktop"))
+    if details is not None:
+        ctx.details["desktop"] = details
+    for server in servers:
+        ctx.closers.append(lambda s=server: s.aclose(drain=0))
+    return servers
+
+
+SERVICES.append(Service("desktop", "a VNC desktop in the browser (noVNC + a websockify-compatible bridge)",
+                        _start_desktop))
+
+
 async def start_all(ctx: UpContext, only: set[str] | None = None) -> list[Running]:
     try:
         for svc in SERVICES:
@@ -186,7 +260,8 @@ async def start_all(ctx: UpContext, only: set[str] | None = None) -> list[Runnin
                 continue
             servers = await svc.start(ctx)
             ctx.running.append(Running(svc.name, svc.description, servers, ctx.notes.get(svc.name, []),
-                                       ctx.details.get(svc.name)))
+                                       ctx.details.get(svc.name), ctx.connections.get(svc.name),
+                                       ctx.closers_by_id.get(svc.name)))
     except BaseException:
         await stop_all(ctx)
         raise

@@ -57,6 +57,7 @@ class DashboardApp:
         # whoever got through the handshake is a client the operator issued a certificate to.
         self.client_certs = client_certs
         self.mounts: list[Mount] = []
+        self.links: list[tuple[str, str]] = []   # pages on other listeners (the desktop viewer)
         self.live_timeout = live_timeout
         self._live: set[asyncio.Event] = set()
 
@@ -128,8 +129,8 @@ class DashboardApp:
             await self._static(send, path[len("/static/"):])
         elif path == "/api/status":
             await _json(send, {"services": self.dash.status(), "pages": [
-                {"href": m.prefix.lstrip("/") + "/", "title": m.title} for m in self.mounts],
-                "started": self.dash.started})
+                {"href": m.prefix.lstrip("/") + "/", "title": m.title} for m in self.mounts] + [
+                {"href": href, "title": title} for href, title in self.links], "started": self.dash.started})
         elif path == "/api/series":
             await _json(send, self.dash.series.view(query.get("span", ["15m"])[0]))
         elif path == "/api/sockets":

@@ -20,6 +20,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from socketkit.dashboard.events import emit
+
 log = logging.getLogger("socketkit.remote")
 
 _TAIL_CHUNK = 64 * 1024
@@ -33,8 +35,9 @@ class AuditLog:
     """Append-only JSON-lines writer. Each record is one os.write() on an O_APPEND descriptor: no buffer to
     flush, whole lines even with several writers on the same file."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], service: str = "remote") -> None:
         self.path = Path(path)
+        self.service = service
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._lock = threading.Lock()
@@ -56,6 +59,8 @@ class AuditLog:
                 log.error("audit log %s: cannot write (%s); record: %s", self.path, e.strerror or e, line[:500])
             else:
                 self.events += 1
+        # ...and into the dashboard's event stream (a bounded deque; nothing secret is in a record anyway)
+        emit(event, service=self.service, **{k: v for k, v in record.items() if k not in ("ts", "event")})
         return record
 
     def tail(self, n: int = 20) -> list[dict[str, Any]]:

@@ -52,6 +52,7 @@ function renderServices(status) {
     title.style.color = state.colors[s.name];
     const card = el("div", { class: "card", "data-service": s.name }, title, el("div", { class: "desc", text: s.description }),
                     el("div", { class: "eps", text: s.endpoints.join(", ") }), dl);
+    for (const note of s.notes || []) card.append(el("div", { class: "note", text: note }));
     if (details.length > 4) card.title = details.map(([k, v]) => `${k.replace(/_/g, " ")}: ${v}`).join("\n");
     box.append(card);
   }
