@@ -126,11 +126,13 @@ class _Decoder:
     """hpack's Decoder, with the headers of an all-indexed block remembered while the table is unchanged
     (a client repeats its request heads as such blocks: h2load, a browser fetching a page's assets)."""
 
-    __slots__ = ("decoder", "lists")
+    __slots__ = ("decoder", "lists", "requests")
 
     def __init__(self, decoder: hpack.Decoder) -> None:
         self.decoder = decoder
         self.lists: dict[bytes, list[object]] = {}
+        # The fast lane's memory, forgotten with `lists`: block -> the request head h2's checks made of it.
+        self.requests: dict[bytes, list[object]] = {}
 
     @property
     def max_header_list_size(self) -> int:
@@ -139,6 +141,7 @@ class _Decoder:
     @max_header_list_size.setter
     def max_header_list_size(self, value: int) -> None:
         self.lists.clear()
+        self.requests.clear()
         self.decoder.max_header_list_size = value
 
     @property
@@ -148,6 +151,7 @@ class _Decoder:
     @max_allowed_table_size.setter
     def max_allowed_table_size(self, value: int) -> None:
         self.lists.clear()
+        self.requests.clear()
         self.decoder.max_allowed_table_size = value
 
     @property
@@ -157,6 +161,7 @@ class _Decoder:
     @header_table_size.setter
     def header_table_size(self, value: int) -> None:
         self.lists.clear()
+        self.requests.clear()
         self.decoder.header_table_size = value
 
     def decode(self, data: bytes, raw: bool = False) -> list[object]:
@@ -168,9 +173,11 @@ class _Decoder:
         if _all_indexed(key):
             if len(self.lists) >= 256:
                 self.lists.clear()
+                self.requests.clear()
             self.lists[key] = list(headers)
         else:
             self.lists.clear()
+            self.requests.clear()
         return headers
 
     def __getattr__(self, name: str) -> object:

@@ -67,6 +67,7 @@ class FastLane:
         start = pos = 0
         limit = h2conn.max_inbound_frame_size
         streams = self.streams
+        is_open = self._open()
         while n - pos >= 9:
             length = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
             if length > limit:
@@ -83,11 +84,12 @@ class FastLane:
             sid = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
             if kind == _HEADERS:
                 if buf[pos + 4] == _END_STREAM | _END_HEADERS and sid & 1 \
-                        and sid > h2conn.highest_inbound_stream_id and self._open():
+                        and sid > h2conn.highest_inbound_stream_id and is_open:
                     if start < pos:
                         events += h2conn.receive_data(bytes(buf[start:pos]))
                         start = pos
-                    if sid > h2conn.highest_inbound_stream_id and self._open():  # (h2 may have moved on)
+                        is_open = self._open()  # (h2 may have moved on)
+                    if sid > h2conn.highest_inbound_stream_id and is_open:
                         events += self._request(sid, bytes(buf[pos + 9:end]))
                         start = end
                 elif sid in streams:
@@ -96,11 +98,13 @@ class FastLane:
                 if kind == _WINDOW_UPDATE and length == 4:
                     if start < pos:
                         events += h2conn.receive_data(bytes(buf[start:pos]))
+                        is_open = self._open()
                     start = end
                     self._window_update(sid, int.from_bytes(buf[pos + 9:end], "big") & 0x7FFFFFFF, events)
                 elif kind == _RST_STREAM and length == 4:
                     if start < pos:
                         events += h2conn.receive_data(bytes(buf[start:pos]))
+                        is_open = self._open()
                     start = end
                     del streams[sid]
                     events.append(h2.events.StreamReset(
@@ -124,16 +128,24 @@ class FastLane:
 
     def _request(self, sid: int, block: bytes) -> list[Any]:
         h2conn = self.h2
-        try:
-            headers = h2.connection._decode_headers(h2conn.decoder, block)
-            headers = self.check(headers)
-            for name, value in headers:
-                if name == b"content-length" and value != b"0":
-                    raise h2.exceptions.InvalidBodyLengthError(int(value) if value.isdigit() else -1, 0)
-        except h2.exceptions.ProtocolError as e:
-            h2conn.highest_inbound_stream_id = sid
-            h2conn.close_connection(error_code=getattr(e, "error_code", ErrorCodes.PROTOCOL_ERROR))
-            raise
+        decoder = h2conn.decoder
+        known = getattr(decoder, "requests", None)  # heads already decoded and checked, while they hold
+        headers = known.get(block) if known is not None else None
+        if headers is not None:
+            headers = list(headers)
+        else:
+            try:
+                headers = h2.connection._decode_headers(decoder, block)
+                headers = self.check(headers)
+                for name, value in headers:
+                    if name == b"content-length" and value != b"0":
+                        raise h2.exceptions.InvalidBodyLengthError(int(value) if value.isdigit() else -1, 0)
+            except h2.exceptions.ProtocolError as e:
+                h2conn.highest_inbound_stream_id = sid
+                h2conn.close_connection(error_code=getattr(e, "error_code", ErrorCodes.PROTOCOL_ERROR))
+                raise
+            if known is not None and block in decoder.lists:  # an all-indexed block: same bytes, same head
+                known[block] = list(headers)
         h2conn.highest_inbound_stream_id = sid
         self.streams[sid] = h2conn.remote_settings.initial_window_size
         ended = h2.events.StreamEnded(stream_id=sid)

@@ -24,7 +24,7 @@ from socketkit.proto.http1 import (
 )
 from socketkit.proto.http1_events import END
 from socketkit.web.config import WebConfig
-from socketkit.web.http_cycle import Cycle, _clock, _time, access_line
+from socketkit.web.http_cycle import Cycle, _clock, _time, access_line, send_file
 
 log = logging.getLogger("socketkit.web")
 access_log = logging.getLogger("socketkit.web.access")
@@ -174,12 +174,24 @@ class HTTPHandler:
                             if not clock.since <= _time() < clock.until:
                                 clock.tick()
                             extra = clock.lines if self.server_header else clock.lines_no_server
-                            sent = stream.send(conn.response(200, hit[0], hit[1], extra))
-                            if sent is not _SENT:
-                                await sent
+                            body = hit[1]
+                            if type(body) is bytes:
+                                sent = stream.send(conn.response(200, hit[0], body, extra))
+                                if sent is not _SENT:
+                                    await sent
+                                size = len(body)
+                            else:  # a larger cached file: its head, then sendfile
+                                size = body.st.st_size
+                                body.users += 1
+                                try:
+                                    await send_file(stream, conn, conn.response_head(200, hit[0], extra),
+                                                    body.file, 0, size)
+                                finally:
+                                    body.release()
+                                conn.end()
                             if self.access_log:
                                 access_log.info(access_line(client, event.method.decode("ascii"), event.target,
-                                                            event.http_version, 200, len(hit[1]), event.headers))
+                                                            event.http_version, 200, size, event.headers))
                             events = conn.next_request()
                             if events is None:
                                 return

@@ -108,51 +108,64 @@ class _Request:
                 return _DISCONNECT
 
     # -- ASGI send ----------------------------------------------------------------------------------
-    async def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any]) -> Any:
+        # A plain method returning an awaitable, as HTTP/1.1's: the common messages cost no coroutine.
         kind = message["type"]
+        if kind == "http.response.body":
+            if not self.started or self.complete:
+                raise RuntimeError(f"ASGI: {kind!r} " + ("before http.response.start" if not self.started
+                                                        else "after the response was complete"))
+            conn = self.conn
+            if self.reset:
+                return conn.stream.send(b"")
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            end = not more and not self.trailers
+            self.sent += len(body)
+            if not self.head_sent:
+                self.head_sent = True
+                conn.send_head(self, self.status, self.headers, end and (self.head or not body))
+            if body and not self.head and not self.reset:
+                machine = conn.h2
+                if len(body) <= machine.max_outbound_frame_size and \
+                        len(body) <= machine.local_flow_control_window(self.sid):
+                    machine.send_data(self.sid, body, end_stream=end)  # the common case: one frame, now
+                else:
+                    return self._send_body(body, end, more)
+            elif end and not (self.reset or self.complete):
+                machine = conn.h2
+                machine.send_data(self.sid, b"", end_stream=True)
+            if not more and not self.trailers:
+                self.finish()
+            return conn.flush()
         if kind == "http.response.start":
             if self.started:
                 raise RuntimeError("ASGI: http.response.start sent twice")
             self.started = True
             self.status = int(message["status"])
-            self.headers = list(message.get("headers") or ())
+            self.headers = message.get("headers") or ()
             self.trailers = bool(message.get("trailers"))
-            return
-        if kind == "http.response.body":
-            if not self.started or self.complete:
-                raise RuntimeError(f"ASGI: {kind!r} " + ("before http.response.start" if not self.started
-                                                        else "after the response was complete"))
-            if self.reset:
-                return
-            body = message.get("body", b"")
-            more = message.get("more_body", False)
-            end = not more and not self.trailers
-            self.sent += len(body)
-            conn = self.conn
-            if not self.head_sent:
-                self.head_sent = True
-                conn.send_head(self, self.status, self.headers, end and (self.head or not body))
-            if body and not self.head and not self.reset:
-                await conn.send_body(self, body, end)
-            elif end and not self.end_stream_sent():
-                await conn.send_body(self, b"", True)
-            if not more:
-                if not self.trailers:
-                    self.finish()
-            await conn.flush()
-            return
+            return self.conn.ready
         if kind == "http.response.trailers":
-            if not self.trailers or not self.head_sent or self.complete:
-                raise RuntimeError("ASGI: http.response.trailers without `trailers: True` and a body first")
-            self.pending += list(message.get("headers") or ())
-            if message.get("more_trailers", False):
-                return
-            if not self.reset:
-                self.conn.send_trailers(self, self.pending)
-            self.finish()
-            await self.conn.flush()
-            return
+            return self._trailers(message)
         raise RuntimeError(f"ASGI: unexpected message type {kind!r} on an http connection")
+
+    async def _send_body(self, body: bytes, end: bool, more: bool) -> None:
+        await self.conn.send_body(self, body, end)
+        if not more and not self.trailers:
+            self.finish()
+        await self.conn.flush()
+
+    async def _trailers(self, message: dict[str, Any]) -> None:
+        if not self.trailers or not self.head_sent or self.complete:
+            raise RuntimeError("ASGI: http.response.trailers without `trailers: True` and a body first")
+        self.pending += list(message.get("headers") or ())
+        if message.get("more_trailers", False):
+            return
+        if not self.reset:
+            self.conn.send_trailers(self, self.pending)
+        self.finish()
+        await self.conn.flush()
 
     def end_stream_sent(self) -> bool:
         return self.reset or self.complete
@@ -186,6 +199,9 @@ class H2Connection:
         self.requests: dict[int, _Request] = {}
         self.flush_pending = False
         self.heads: dict[tuple[Any, ...], Any] = {}  # request head -> its scope's parts (see _scope)
+        self.heads_out: dict[tuple[Any, ...], Any] = {}  # response head -> its checked fields
+        self.ready = self.loop.create_future()  # what `send` returns when nothing needs waiting for
+        self.ready.set_result(None)
 
     async def run(self, initial: bytes) -> None:
         stream = self.stream
@@ -468,12 +484,27 @@ class H2Connection:
             self.schedule()
 
     def send_head(self, request: _Request, status: int, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+        from socketkit.web.http_cycle import _clock, _time
+
+        clock = _clock  # the Date (and Server) lines, once a second
+        if not clock.since <= _time() < clock.until:
+            clock.tick()
+        lines = clock.lines if self.handler.server_header else clock.lines_no_server
         try:
-            fields = response_head(status, headers)
-        except LocalProtocolError as e:
-            request.head_sent = False  # (so that the failure still gets its 500)
-            raise RuntimeError(f"ASGI: the response head cannot be sent: {e}") from None
-        fields += _server_fields(self.handler.server_header)
+            key: Any = (status, lines, *headers)
+            fields = self.heads_out.get(key)
+        except TypeError:  # unhashable pairs (lists): no memory of it
+            key = fields = None
+        if fields is None:
+            try:
+                fields = response_head(status, headers) + _server_fields(lines)
+            except LocalProtocolError as e:
+                request.head_sent = False  # (so that the failure still gets its 500)
+                raise RuntimeError(f"ASGI: the response head cannot be sent: {e}") from None
+            if key is not None:
+                if len(self.heads_out) >= 64:
+                    self.heads_out.clear()
+                self.heads_out[key] = fields
         try:
             self.h2.send_headers(request.sid, fields, end_stream=end)
         except h2.exceptions.ProtocolError as e:
@@ -532,7 +563,9 @@ class H2Connection:
         that answer in it share one write), and return an awaitable that waits while the peer reads slower
         than we write."""
         self.schedule()
-        return self.stream.send(b"")
+        if self.stream.writing_paused:
+            return self.stream.send(b"")
+        return self.ready
 
     def schedule(self) -> None:
         if not self.flush_pending:
@@ -549,20 +582,9 @@ class H2Connection:
                 pass
 
 
-_SERVER_FIELDS: dict[bytes, list[tuple[bytes, bytes]]] = {}
-
-
-def _server_fields(server_header: bool) -> list[tuple[bytes, bytes]]:
-    """Date (and Server) as header fields: from the same once-a-second lines as HTTP/1.1's."""
-    from socketkit.web.http_cycle import _clock
-
-    lines = _clock.extra(server_header)
-    fields = _SERVER_FIELDS.get(lines)
-    if fields is None:
-        if len(_SERVER_FIELDS) > 4:
-            _SERVER_FIELDS.clear()
-        fields = _SERVER_FIELDS[lines] = [tuple(line.split(b": ", 1)) for line in lines.split(b"\r\n") if line]
-    return fields
+def _server_fields(lines: bytes) -> list[tuple[bytes, bytes]]:
+    """Date (and Server) as header fields, from the same once-a-second lines as HTTP/1.1's."""
+    return [tuple(line.split(b": ", 1)) for line in lines.split(b"\r\n") if line]  # type: ignore[misc]
 
 
 class _Resume:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
@@ -107,6 +109,45 @@ class _Clock:
 
 _time = time.time
 _clock = _Clock()
+
+
+async def send_file(stream: Stream, conn: ServerConnection, head: bytes, file: Any, offset: int, count: int,
+                    *, chunked: bool = False) -> None:
+    """`head` (may be b""), then `count` bytes of `file` from `offset` by sendfile, the socket corked in
+    between as nginx's tcp_nopush does: the head and the file's first bytes leave in full-sized packets,
+    not the head alone in a small one. Keeps `conn`'s length accounting (unless the caller frames a chunk)."""
+    sock = _corkable(stream) if count else None
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    try:
+        if head:
+            await stream.send(head)
+        if not count:
+            return
+        sent = await stream.sendfile(file, offset, count)
+        if sent != count:
+            # The file shrank under us: the framing already promised `count` bytes, so the only honest
+            # ending is to cut the connection (a keep-alive would read our next response as body).
+            stream.abort()
+            raise LocalProtocolError(f"file shrank during sendfile: {sent} of {count} bytes sent")
+        if not chunked:
+            conn.body_sent_externally(count)
+    finally:
+        if sock is not None and not stream.closed:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+            except OSError:
+                pass
+
+
+def _corkable(stream: Stream) -> Any:
+    """The TCP socket under a plain (not TLS) stream, to cork around a file body; None otherwise."""
+    if not hasattr(socket, "TCP_CORK") or stream.extra("ssl_object") is not None:
+        return None
+    sock = stream.extra("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return sock
 
 
 class Cycle:
@@ -316,39 +357,27 @@ class Cycle:
         count = message.get("count")
         more = message.get("more_body", False)
         conn = self.conn
+        head = b""
         if not self.head_sent:
             head = conn.response_head(self.status, self.headers, _clock.extra(self.handler.server_header))
             self.head_sent = True
-            await self.stream.send(head)
         if self.request.method != b"HEAD" and self.status not in (204, 304):
             if count is None:
-                import os
-
                 count = os.fstat(file.fileno()).st_size - (offset or 0)
-            if count:
-                self.sent += count
-                await self._sendfile(file, offset or 0, count)
+        else:
+            count = 0
+        self.sent += count
+        if conn.chunked and count:
+            head += b"%x\r\n" % count  # the whole file as one chunk
+            await send_file(self.stream, conn, head, file, offset or 0, count, chunked=True)
+            await self.stream.send(b"\r\n")
+        else:
+            await send_file(self.stream, conn, head, file, offset or 0, count)
         if not more:
             tail = conn.end()
             self._completed()
             if tail:
                 await self.stream.send(tail)
-
-    async def _sendfile(self, file: Any, offset: int, count: int) -> None:
-        conn = self.conn
-        chunked = conn.chunked
-        if chunked:  # frame the whole file as one chunk
-            await self.stream.send(b"%x\r\n" % count)
-        sent = await self.stream.sendfile(file, offset, count)
-        if sent != count:
-            # The file shrank under us: the framing already promised `count` bytes, so the only honest
-            # ending is to cut the connection (a keep-alive would read our next response as body).
-            self.stream.abort()
-            raise LocalProtocolError(f"file shrank during sendfile: {sent} of {count} bytes sent")
-        if chunked:
-            await self.stream.send(b"\r\n")
-        else:
-            conn.body_sent_externally(count)
 
     def _log_access(self) -> None:
         request = self.request

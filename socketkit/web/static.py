@@ -245,19 +245,23 @@ class StaticFiles:
             entry.dead = True
 
     def cached_response(self, method: bytes, path: str, raw_path: bytes, headers: Any
-                        ) -> tuple[PreparedHeaders, bytes] | None:
-        """For a server that calls it before running the app: the whole 200 response (its prepared header
-        list and body) of a GET/HEAD of a small cached file without conditions or ranges, or None (then
-        run the app as usual). The same answer the app would send, without the ASGI round trip."""
+                        ) -> tuple[PreparedHeaders, bytes | Entry] | None:
+        """For a server that calls it before running the app: the whole 200 response of a GET/HEAD of a
+        cached file without conditions or ranges, as (prepared header list, body): the bytes of a small
+        file, b"" for HEAD, or the Entry of a larger one (send `entry.st.st_size` bytes of `entry.file`,
+        holding `entry.users` up meanwhile, then `entry.release()`). None: run the app as usual. The same
+        answer the app would send, without the ASGI round trip."""
         if method != b"GET" and method != b"HEAD":
             return None
         entry = self.cache.get(path, raw_path, "")
-        if entry is None or entry.body is None:
+        if entry is None:
             return None
         for name, _ in headers:
             if name in _CONDITIONAL_BYTES:
                 return None
-        return entry.headers, entry.body if method == b"GET" else b""
+        if method == b"HEAD":
+            return entry.headers, b""
+        return entry.headers, entry.body if entry.body is not None else entry
 
     # -- responses --------------------------------------------------------------------------------
 
