@@ -137,9 +137,6 @@ class FastLane:
             try:
                 headers = h2.connection._decode_headers(decoder, block)
                 headers = self.check(headers)
-                for name, value in headers:
-                    if name == b"content-length" and value != b"0":
-                        raise h2.exceptions.InvalidBodyLengthError(int(value) if value.isdigit() else -1, 0)
             except h2.exceptions.ProtocolError as e:
                 h2conn.highest_inbound_stream_id = sid
                 h2conn.close_connection(error_code=getattr(e, "error_code", ErrorCodes.PROTOCOL_ERROR))

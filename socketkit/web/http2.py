@@ -303,6 +303,11 @@ class H2Connection:
         if isinstance(scope, int):
             self._answer(sid, scope)
             return
+        if event.stream_ended is not None:
+            for name, value in scope["headers"]:
+                if name == b"content-length" and value != b"0":
+                    self._answer(sid, 400)  # a length promised and no body sent: malformed (RFC 9113 8.1.1)
+                    return
         request = _Request(self, sid, scope)
         if event.stream_ended is not None:
             request.ended = True

@@ -214,6 +214,9 @@ async def test_responses_wait_for_the_peers_window():
     async with serving(big_app) as web:
         c = await H2Client.open(port_of(web), settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
         async with c:
+            assert (await c.get("/"))[1] == big  # (h2's stream; the next one is the fast lane's)
+            done.clear()
+            c.events.clear()
             sid = await c.request("GET", "/")
             got = bytearray()
             while len(got) < 1000:
@@ -322,6 +325,13 @@ async def test_idle_connections_get_goaway_and_slow_request_bodies_are_reset():
             sid = await c.request("POST", "/", body=b"part", end=False)  # the rest never comes
             event = await c.until(lambda e: isinstance(e, h2.events.StreamReset), timeout=3)
             assert event.stream_id == sid and event.error_code == ErrorCodes.CANCEL
+
+
+async def test_a_length_promised_without_a_body_is_400():
+    async with serving(scope_app) as web, await H2Client.open(port_of(web)) as c:
+        for _ in range(2):  # h2's stream, then the fast lane's
+            headers, _, _ = await c.response(await c.request("GET", "/", headers=[("content-length", "5")]))
+            assert headers[b":status"] == b"400"
 
 
 async def test_request_bodies_past_max_body_get_413():
