@@ -15,7 +15,6 @@ timeout, or an app that reads no body for that long, is reset.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextvars
 import logging
 from typing import Any
@@ -28,156 +27,11 @@ from h2.errors import ErrorCodes
 from socketkit.errors import DeadlineError, PeerResetError, SocketkitError
 from socketkit.net.stream import Stream
 from socketkit.proto.http2 import H2Limits, LocalProtocolError, ServerConnection, response_head
+from socketkit.web.http2_stream import Request
 
 log = logging.getLogger("socketkit.web")
 
-_ASGI = {"version": "3.0", "spec_version": "2.4"}
-_EXTENSIONS = {"http.response.trailers": {}}
-_DISCONNECT = {"type": "http.disconnect"}
 _METHODS = {m: m.decode("ascii") for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS")}
-
-
-class _Request:
-    """One stream: the ASGI `receive` and `send` of its request, and what the connection tells it."""
-
-    __slots__ = ("conn", "sid", "scope", "task", "body", "ended", "reset", "wake", "started", "status",
-                 "headers", "head_sent", "complete", "trailers", "end_sent", "received", "head", "pending", "sent")
-
-    def __init__(self, conn: H2Connection, sid: int, scope: dict[str, Any]) -> None:
-        self.conn = conn
-        self.sid = sid
-        self.scope = scope
-        self.task: asyncio.Task[None] | None = None
-        self.body: collections.deque[tuple[bytes, int]] = collections.deque()
-        self.ended = False  # the request body is complete (END_STREAM received)
-        self.end_sent = False  # `receive` has said more_body=False
-        self.reset = False  # the stream is gone (reset by either side, or the connection ended)
-        self.wake: asyncio.Future[None] | None = None  # a receive or a send waiting for the connection
-        self.started = self.head_sent = self.complete = self.trailers = False
-        self.status = 200
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.received = 0
-        self.head = scope["method"] == "HEAD"
-        self.pending: list[tuple[bytes, bytes]] = []  # trailers sent with more_trailers=True
-        self.sent = 0  # body bytes, for the access log
-
-    def poke(self) -> None:
-        wake = self.wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
-
-    async def _wait(self, what: str) -> None:
-        self.wake = self.conn.loop.create_future()
-        try:
-            async with asyncio.timeout(self.conn.request_timeout):
-                await self.wake
-        except TimeoutError:
-            raise DeadlineError(f"HTTP/2 stream {self.sid}: {what} for {self.conn.request_timeout:g}s") from None
-        finally:
-            self.wake = None
-
-    # -- ASGI receive -------------------------------------------------------------------------------
-    async def receive(self) -> dict[str, Any]:
-        while True:
-            if self.reset:
-                return _DISCONNECT
-            if self.body:
-                chunk, flow = self.body.popleft()
-                self.conn.consumed(self, flow)
-                more = bool(self.body) or not self.ended
-                if not more:
-                    self.end_sent = True
-                return {"type": "http.request", "body": chunk, "more_body": more}
-            if self.ended and not self.end_sent:
-                self.end_sent = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            if self.end_sent and self.complete:
-                return _DISCONNECT
-            try:
-                if self.end_sent:
-                    # After the body: wait (unbounded) until the response ends or the stream goes away.
-                    self.wake = self.conn.loop.create_future()
-                    try:
-                        await self.wake
-                    finally:
-                        self.wake = None
-                else:
-                    await self._wait("no request body received")
-            except DeadlineError:
-                self.conn.reset(self, ErrorCodes.CANCEL)
-                return _DISCONNECT
-
-    # -- ASGI send ----------------------------------------------------------------------------------
-    def send(self, message: dict[str, Any]) -> Any:
-        # A plain method returning an awaitable, as HTTP/1.1's: the common messages cost no coroutine.
-        kind = message["type"]
-        if kind == "http.response.body":
-            if not self.started or self.complete:
-                raise RuntimeError(f"ASGI: {kind!r} " + ("before http.response.start" if not self.started
-                                                        else "after the response was complete"))
-            conn = self.conn
-            if self.reset:
-                return conn.stream.send(b"")
-            body = message.get("body", b"")
-            more = message.get("more_body", False)
-            end = not more and not self.trailers
-            self.sent += len(body)
-            if not self.head_sent:
-                self.head_sent = True
-                conn.send_head(self, self.status, self.headers, end and (self.head or not body))
-            if body and not self.head and not self.reset:
-                machine = conn.h2
-                if len(body) <= machine.max_outbound_frame_size and \
-                        len(body) <= machine.local_flow_control_window(self.sid):
-                    machine.send_data(self.sid, body, end_stream=end)  # the common case: one frame, now
-                else:
-                    return self._send_body(body, end, more)
-            elif end and not (self.reset or self.complete):
-                machine = conn.h2
-                machine.send_data(self.sid, b"", end_stream=True)
-            if not more and not self.trailers:
-                self.finish()
-            return conn.flush()
-        if kind == "http.response.start":
-            if self.started:
-                raise RuntimeError("ASGI: http.response.start sent twice")
-            self.started = True
-            self.status = int(message["status"])
-            self.headers = message.get("headers") or ()
-            self.trailers = bool(message.get("trailers"))
-            return self.conn.ready
-        if kind == "http.response.trailers":
-            return self._trailers(message)
-        raise RuntimeError(f"ASGI: unexpected message type {kind!r} on an http connection")
-
-    async def _send_body(self, body: bytes, end: bool, more: bool) -> None:
-        await self.conn.send_body(self, body, end)
-        if not more and not self.trailers:
-            self.finish()
-        await self.conn.flush()
-
-    async def _trailers(self, message: dict[str, Any]) -> None:
-        if not self.trailers or not self.head_sent or self.complete:
-            raise RuntimeError("ASGI: http.response.trailers without `trailers: True` and a body first")
-        self.pending += list(message.get("headers") or ())
-        if message.get("more_trailers", False):
-            return
-        if not self.reset:
-            self.conn.send_trailers(self, self.pending)
-        self.finish()
-        await self.conn.flush()
-
-    def end_stream_sent(self) -> bool:
-        return self.reset or self.complete
-
-    def finish(self) -> None:
-        if self.complete:
-            return
-        self.complete = True
-        self.conn.machine.ended(self.sid)
-        self.poke()
-        if self.conn.handler.access_log:
-            self.conn.log_access(self, self.status)
 
 
 class H2Connection:
@@ -196,7 +50,7 @@ class H2Connection:
         self.machine = ServerConnection(config.h2_limits or H2Limits(
             max_header_list_size=limits.max_header_size), self.loop.time())
         self.h2 = self.machine  # h2's sending methods, through the machine (see proto/http2.py)
-        self.requests: dict[int, _Request] = {}
+        self.requests: dict[int, Request] = {}
         self.flush_pending = False
         self.heads: dict[tuple[Any, ...], Any] = {}  # request head -> its scope's parts (see _scope)
         self.heads_out: dict[tuple[Any, ...], Any] = {}  # response head -> its checked fields
@@ -308,7 +162,7 @@ class H2Connection:
                 if name == b"content-length" and value != b"0":
                     self._answer(sid, 400)  # a length promised and no body sent: malformed (RFC 9113 8.1.1)
                     return
-        request = _Request(self, sid, scope)
+        request = Request(self, sid, scope)
         if event.stream_ended is not None:
             request.ended = True
         self.requests[sid] = request
@@ -393,7 +247,7 @@ class H2Connection:
                 self.handler.root_path_bytes + raw_path if root else raw_path,
                 query, tuple(fields))
 
-    async def _run(self, request: _Request) -> None:
+    async def _run(self, request: Request) -> None:
         handler = self.handler
         try:
             await handler.app(request.scope, request.receive, request.send)
@@ -419,7 +273,7 @@ class H2Connection:
             if not self.loop.is_closed():  # (a Task left behind at the very end is closed by the GC)
                 self.schedule()
 
-    def _failed(self, request: _Request, why: str) -> None:
+    def _failed(self, request: Request, why: str) -> None:
         if request.reset or request.complete:
             return
         if not request.head_sent:
@@ -435,7 +289,7 @@ class H2Connection:
         else:
             self.reset(request, ErrorCodes.INTERNAL_ERROR)
 
-    def log_access(self, request: _Request, status: int) -> None:
+    def log_access(self, request: Request, status: int) -> None:
         from socketkit.web.http_cycle import access_line, access_log
 
         scope = request.scope
@@ -459,13 +313,13 @@ class H2Connection:
         except (h2.exceptions.ProtocolError, h2.exceptions.FlowControlError):
             self._reset_id(sid, ErrorCodes.INTERNAL_ERROR)
 
-    def _too_large(self, request: _Request) -> None:
+    def _too_large(self, request: Request) -> None:
         if not request.started and not request.head_sent:
             request.head_sent = request.complete = True
             self._answer(request.sid, 413)
         self.reset(request, ErrorCodes.CANCEL)
 
-    def reset(self, request: _Request, code: int) -> None:
+    def reset(self, request: Request, code: int) -> None:
         if request.reset:
             return
         request.reset = True
@@ -479,7 +333,7 @@ class H2Connection:
         except (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
             pass
 
-    def consumed(self, request: _Request, flow: int) -> None:
+    def consumed(self, request: Request, flow: int) -> None:
         """The app took `flow` bytes of the body: the peer may send that much more (WINDOW_UPDATE)."""
         if flow and not request.reset:
             try:
@@ -488,7 +342,7 @@ class H2Connection:
                 pass
             self.schedule()
 
-    def send_head(self, request: _Request, status: int, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+    def send_head(self, request: Request, status: int, headers: list[tuple[bytes, bytes]], end: bool) -> None:
         from socketkit.web.http_cycle import _clock, _time
 
         clock = _clock  # the Date (and Server) lines, once a second
@@ -517,7 +371,7 @@ class H2Connection:
         if end:
             request.finish()
 
-    async def send_body(self, request: _Request, data: bytes, end: bool) -> None:
+    async def send_body(self, request: Request, data: bytes, end: bool) -> None:
         view = memoryview(data)
         h2conn = self.h2
         sid = request.sid
@@ -553,7 +407,7 @@ class H2Connection:
             self._write()
             await self.stream.send(b"")
 
-    def send_trailers(self, request: _Request, headers: list[tuple[bytes, bytes]]) -> None:
+    def send_trailers(self, request: Request, headers: list[tuple[bytes, bytes]]) -> None:
         try:
             fields = response_head(200, headers)[1:]
         except LocalProtocolError as e:

@@ -17,7 +17,8 @@ from h2.errors import ErrorCodes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from socketkit.proto.http2 import H2Limits, Refused, ServerConnection, _all_indexed, response_head
+from socketkit.proto.http2 import H2Limits, Refused, ServerConnection, response_head
+from socketkit.proto.http2_hpack import _all_indexed
 
 GET = [(b":method", b"GET"), (b":path", b"/x"), (b":scheme", b"http"), (b":authority", b"a")]
 
