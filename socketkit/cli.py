@@ -185,7 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="IRC endpoint, repeatable (default tcp://127.0.0.1:6667 and tls://127.0.0.1:6697)")
     p.add_argument("--web", action="append", metavar="URL", help="also serve the chat page (and its WebSocket) here")
     p.add_argument("--data", metavar="DIR", help="where history.db is kept (default: the data directory/chat)")
-    p.add_argument("--backplane", metavar="redis://HOST:PORT", help="share channels with other nodes through Redis")
+    p.add_argument("--backplane", metavar="URL",
+                   help="share channels with other nodes through Redis: redis://[USER:PASSWORD@]HOST:PORT[/DB], "
+                        "rediss://... (TLS; ?ca=CA.pem), redis+sentinel://SENTINEL:PORT/MASTER")
+    p.add_argument("--backplane-sentinel", action="append", default=[], metavar="HOST:PORT",
+                   help="ask this Redis Sentinel where the master is; --backplane redis://MASTER names it (repeatable)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes sharing the ports, joined through the backplane (needs --backplane)")
     p.add_argument("--server-name", default="irc.socketkit.local")
     p.add_argument("--no-sasl", action="store_true", help="do not offer SASL logins")
     p.add_argument("--user", help="after binding, drop privileges to this user (when started as root)")
@@ -472,10 +478,18 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         for field in ("flood_exempt_accounts", "flood_exempt", "flood_burst", "flood_rate", "flood_queue"):
             text = text.replace(f"ChatLimits.{field}", "--" + field.replace("_", "-").removesuffix("s"))
         raise SocketkitError(text) from None
+    if args.backplane_sentinel and not args.backplane:
+        raise SocketkitError("--backplane-sentinel needs --backplane redis://[USER:PASSWORD@]MASTER_NAME")
     config = ChatConfig(server_name=args.server_name, data_dir=Path(args.data) if args.data else data_dir() / "chat",
                         sasl=not args.no_sasl, backplane=args.backplane, limits=chat_limits,
+                        backplane_options={"sentinels": args.backplane_sentinel} if args.backplane_sentinel else {},
                         net_limits=limits.replace(idle_timeout=None) if args.idle_timeout is None else limits)
-    return run(config, args.listen or list(DEFAULT_LISTEN), web=args.web or (), user=args.user, loop=args.loop)
+    if config.backplane:
+        from socketkit.chat.redis_link import parse_url
+
+        parse_url(config.backplane, args.backplane_sentinel or None)  # a bad URL is one line, now
+    return run(config, args.listen or list(DEFAULT_LISTEN), web=args.web or (), user=args.user, loop=args.loop,
+               workers=args.workers)
 
 
 def _cmd_cert_ca(args: argparse.Namespace) -> int:

@@ -22,13 +22,19 @@ What travels where:
 - Liveness: every node publishes `hb` each heartbeat; a node unheard of for its TTL is split off
   (its users QUIT "*.net *.split"); a node shutting down says `bye`.
 
-One RESP3 connection (Redis >= 7: HELLO 3, SET NX GET) carries commands and the subscription: replies
-and pushes arrive in one ordered stream, which is what makes a snapshot (a reply) and the live events
-(pushes) line up without gaps. Redis lost: local users keep chatting, events are dropped (logged),
-the node reconnects with exponential backoff and resynchronizes. Writes are bounded (pending replies
-and unsent bytes): past the bound, events are dropped with a log line rather than queued in memory.
+The link is redis-py's asyncio client (hiredis parses the replies; RESP3, so Redis >= 7 for HELLO 3 and
+SET NX GET), one client per session: commands queued without waiting and pipelined in order, answers
+handed to callbacks in that order, and a pub/sub connection for the events. A node subscribes (and waits
+for Redis to confirm it) before it reads the others' state, so nothing published after its snapshot is
+missed; an event that also made it into the snapshot is applied twice, which changes nothing (every
+event carries the user's whole identity, see core_remote). Redis lost: local users keep chatting,
+events are dropped (logged), the node reconnects with exponential backoff and resynchronizes. Writes
+are bounded (commands pending): past the bound, events are dropped with a log line rather than
+queued in memory.
 
-URL options: redis://[:password@]host[:port][/db][?heartbeat=5&ttl=15&backoff_max=10&prefix=...]
+URLs (see redis_link): redis://, rediss:// (TLS: ?ca=&cert=&key=&verify=), redis+sentinel://HOST:PORT/MASTER,
+or redis://MASTER with sentinels given apart (`socketkit chat --backplane-sentinel HOST:PORT`); ACL users
+and passwords as user:password@. Options in the query: heartbeat=5&ttl=15&backoff_max=10&prefix=...
 """
 
 from __future__ import annotations
@@ -41,12 +47,10 @@ import secrets
 import time
 from typing import Any
 
-from socketkit.chat import core_remote, core_remote_channels, resp
+from socketkit.chat import core_remote, core_remote_channels
 from socketkit.chat.core_state import Event
-from socketkit.chat.redis_link import BackplaneError, _Conn, parse_url
+from socketkit.chat.redis_link import BackplaneError, Error, _Conn, make_client, parse_url
 from socketkit.errors import SocketkitError
-from socketkit.net.connect import connect
-from socketkit.net.stream import Stream
 
 log = logging.getLogger("socketkit.chat.backplane")
 
@@ -57,21 +61,19 @@ class Backplane:
     """Shares one ChatService's core with the other nodes on the same Redis."""
 
     def __init__(self, service: Any, url: str, *, heartbeat: float | None = None, ttl: float | None = None,
-                 backoff_max: float | None = None, max_pending: int = 100_000, max_buffer: int = 8 << 20,
-                 connect_timeout: float = 5.0) -> None:
-        opts = parse_url(url)
-        q = opts["query"]
+                 backoff_max: float | None = None, max_pending: int = 100_000, connect_timeout: float = 5.0,
+                 sentinels: list[str] | None = None) -> None:
+        self.target = parse_url(url, sentinels)
+        q = self.target.query
         self.service = service
         self.core = service.core
         self.url = url
-        self.endpoint: str = opts["endpoint"]
-        self.opts = opts
+        self.endpoint: str = self.target.endpoint
         self.heartbeat = float(heartbeat or q.get("heartbeat", 5.0))
         self.ttl = float(ttl or q.get("ttl", 3 * self.heartbeat))
         self.backoff_min = 0.1
         self.backoff_max = float(backoff_max or q.get("backoff_max", 10.0))
         self.max_pending = max_pending
-        self.max_buffer = max_buffer
         self.connect_timeout = connect_timeout
         self.node = secrets.token_hex(5)
         prefix = q.get("prefix") or f"socketkit:chat:{self.core.network}:"
@@ -142,51 +144,62 @@ class Backplane:
         self.core.federated = False
 
     async def _run(self) -> None:
+        from redis.exceptions import RedisError
+
         delay = self.backoff_min
         failures = 0
         while not self._closing:
             try:
-                stream = await connect(self.endpoint, timeout=self.connect_timeout)
-            except (SocketkitError, OSError) as e:
-                failures += 1
-                (log.warning if failures == 1 else log.debug)(
-                    "backplane: cannot reach redis at %s (%s); retrying with backoff", self.endpoint, e)
-                self._tried.set()
-            else:
-                try:
-                    await self._session(stream)
-                except (SocketkitError, OSError, resp.ProtocolError) as e:
+                await self._session()
+            except (SocketkitError, OSError, RedisError, TimeoutError) as e:
+                if self.connected.is_set():
                     if not self._closing:
                         log.warning("backplane: redis connection lost (%s); local users keep chatting, "
-                                    "reconnecting", e)
-                except Exception:
-                    log.exception("backplane: session failed; reconnecting")
-                finally:
-                    self._tried.set()
-                    if self.connected.is_set():
-                        delay, failures = self.backoff_min, 0  # it worked for a while: start over
-                    self.conn = None
-                    self.connected.clear()
-                    stream.abort()
+                                    "reconnecting", e or type(e).__name__)
+                else:
+                    failures += 1
+                    (log.warning if failures == 1 else log.debug)(
+                        "backplane: cannot reach redis at %s (%s); retrying with backoff", self.endpoint,
+                        e or type(e).__name__)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("backplane: session failed; reconnecting")
+            finally:
+                self._tried.set()
+                if self.connected.is_set():
+                    delay, failures = self.backoff_min, 0  # it worked for a while: start over
+                self.conn = None
+                self.connected.clear()
             if self._closing:
                 return
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.backoff_max)
 
-    async def _session(self, stream: Stream) -> None:
-        conn = _Conn(stream, self._on_push)
-        reader = asyncio.get_running_loop().create_task(conn.read_loop(), name="chat backplane reader")
+    async def _session(self) -> None:
+        from redis.exceptions import ResponseError
+
+        client = make_client(self.target, timeout=self.connect_timeout)
+        pubsub = client.pubsub()
+        conn = _Conn(client, pubsub, self._on_push)
+        tasks: list[asyncio.Task[None]] = []
         try:
-            auth: list[str] = []
-            if self.opts["password"] is not None:
-                auth = ["AUTH", self.opts["username"] or "default", self.opts["password"]]
             try:
-                await conn.call("HELLO", "3", *auth)
-            except BackplaneError as e:
-                raise BackplaneError(f"{e} (the backplane needs Redis >= 7 for RESP3)",
-                                     endpoint=self.endpoint) from None
-            if self.opts["db"] is not None:
-                await conn.call("SELECT", self.opts["db"])
+                await asyncio.wait_for(client.ping(), self.connect_timeout)
+            except ResponseError as e:
+                if "HELLO" in str(e).upper():
+                    raise BackplaneError(f"{e} (the backplane needs Redis >= 7 for RESP3)",
+                                         endpoint=self.endpoint) from None
+                raise BackplaneError(f"redis refused the connection: {e}", endpoint=self.endpoint) from None
+            if self.target.sentinels:
+                # Right after a failover a sentinel may still name the old master: make sure it is one.
+                role = await asyncio.wait_for(client.execute_command("ROLE"), self.connect_timeout)
+                if not role or role[0] not in (b"master", "master"):
+                    raise BackplaneError("the server Sentinel named is not a master (yet)", endpoint=self.endpoint)
+            await self._subscribe(pubsub)
+            loop = asyncio.get_running_loop()
+            tasks = [loop.create_task(conn.read_loop(), name="chat backplane reader"),
+                     loop.create_task(conn.write_loop(), name="chat backplane writer")]
             self.conn = conn  # from here on local events are published (after the state _sync writes)
             await self._sync(conn)
             self.connected.set()
@@ -197,18 +210,36 @@ class Backplane:
             log.info("backplane: node %s joined the network at %s (%d remote users)", self.node, self.endpoint,
                      sum(1 for c in self.core.clients.values() if c.remote is not None))
             while True:
-                done, _ = await asyncio.wait({reader}, timeout=self.heartbeat)
-                if reader in done:
-                    reader.result()
+                done, _ = await asyncio.wait(tasks, timeout=self.heartbeat, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
                     raise BackplaneError("redis closed the connection", endpoint=self.endpoint)
                 self._heartbeat(conn)
         finally:
-            reader.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                try:
+                    await task
+                except BaseException:  # noqa: BLE001 - the session is over either way
+                    pass
+            await conn.close()
+
+    async def _subscribe(self, pubsub: Any) -> None:
+        """SUBSCRIBE, and wait until Redis confirms it: only then is a snapshot read after it gap-free."""
+        await asyncio.wait_for(pubsub.subscribe(self.k_events), self.connect_timeout)
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BackplaneError("redis did not confirm the subscription", endpoint=self.endpoint)
+            msg = await pubsub.get_message(timeout=min(left, 1.0))
+            if msg is not None and msg.get("type") == "subscribe":
+                return
 
     # -- synchronization ------------------------------------------------------------------------------
     async def _sync(self, conn: _Conn) -> None:
-        """Subscribe, write our whole state, then load everyone else's (in stream order, see module doc)."""
-        conn.stream.send_nowait(resp.encode_command("SUBSCRIBE", self.k_events))  # RESP3: answered by pushes
+        """Write our whole state, then load everyone else's (subscribed already, see module doc)."""
         me = self.node
         cmds: list[tuple[Any, ...]] = [("DEL", self.k_users(me), self.k_chans(me))]
         local = [c for c in self.core.clients.values() if c.remote is None and c.registered and not c.closed]
@@ -228,7 +259,7 @@ class Backplane:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def got_nodes(reply: Any) -> None:
-            if isinstance(reply, resp.Error):
+            if isinstance(reply, Error):
                 done.done() or done.set_exception(BackplaneError(f"SMEMBERS failed: {reply}"))
                 return
             alive = {n.decode() for n in reply} - {me}
@@ -264,11 +295,11 @@ class Backplane:
             return out
 
         def got_channels(reply: Any) -> None:
-            if not isinstance(reply, resp.Error):
+            if not isinstance(reply, Error):
                 channels.extend(decode(reply))
 
         def got_users(reply: Any) -> None:
-            if isinstance(reply, resp.Error):
+            if isinstance(reply, Error):
                 return
             try:
                 self.service.dispatch(core_remote.apply_snapshot(self.core, node, decode(reply), channels))
@@ -288,7 +319,7 @@ class Backplane:
         key, owner = self.k_nick(folded), self._owner(cid)
 
         def claimed(reply: Any) -> None:
-            if isinstance(reply, resp.Error):
+            if isinstance(reply, Error):
                 return
             c = self.core.clients.get(cid)
             current = c is not None and c.folded == folded and not c.closed
@@ -307,7 +338,8 @@ class Backplane:
 
     def _heartbeat(self, conn: _Conn) -> None:
         now = time.monotonic()
-        if now - conn.last_reply > 2 * self.heartbeat + self.connect_timeout and conn.waiting:
+        # Our own heartbeat comes back through the subscription: silence means the link is dead.
+        if now - conn.last_reply > 2 * self.heartbeat + self.connect_timeout:
             raise BackplaneError("redis stopped answering", endpoint=self.endpoint)
         ttl = int(self.ttl) + 1
         me = self.node
@@ -325,7 +357,7 @@ class Backplane:
                 self.service.dispatch(core_remote.remove_node(self.core, node))
 
     # -- events in ------------------------------------------------------------------------------------
-    def _on_push(self, push: resp.Push) -> None:
+    def _on_push(self, push: Any) -> None:
         if len(push) < 3 or push[0] != b"message":
             return
         try:
@@ -412,14 +444,14 @@ class Backplane:
             self.dirty.clear()  # rewritten in full by the next sync
             self.dirty_channels.clear()
             return
-        if len(conn.waiting) > self.max_pending or conn.stream.write_buffer_size > self.max_buffer:
+        if conn.pending > self.max_pending:
             lost = sum(1 for cmd in batch if cmd[0] == "PUBLISH")
             self.dropped += lost
             now = time.monotonic()
             if now - self._last_drop_log > 5.0:
                 self._last_drop_log = now
-                log.warning("backplane: redis is slow (%d replies pending, %d bytes unsent): %d events dropped",
-                            len(conn.waiting), conn.stream.write_buffer_size, self.dropped)
+                log.warning("backplane: redis is slow (%d commands pending): %d events dropped",
+                            conn.pending, self.dropped)
             self._batch, self._claims = [], []
             return  # `dirty` stays: written with the next batch that fits
         clients = self.core.clients
