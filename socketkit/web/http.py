@@ -18,6 +18,7 @@ from socketkit.net.stream import _SENT
 from socketkit.proto.http1 import (
     ConnectionClosed,
     Error,
+    LocalProtocolError,
     Request,
     ServerConnection,
     error_response,
@@ -186,6 +187,8 @@ class HTTPHandler:
                                 try:
                                     await send_file(stream, conn, conn.response_head(200, hit[0], extra),
                                                     body.file, 0, size)
+                                except LocalProtocolError:
+                                    return  # the file shrank under sendfile: the connection is cut already
                                 finally:
                                     body.release()
                                 conn.end()
