@@ -60,7 +60,8 @@ class AuditLog:
             else:
                 self.events += 1
         # ...and into the dashboard's event stream (a bounded deque; nothing secret is in a record anyway)
-        emit(event, service=self.service, **{k: v for k, v in record.items() if k not in ("ts", "event")})
+        fields_out = {k: v for k, v in record.items() if k not in ("ts", "event", "service")}
+        emit(event, service=str(record.get("service") or self.service), **fields_out)
         return record
 
     def tail(self, n: int = 20) -> list[dict[str, Any]]:
