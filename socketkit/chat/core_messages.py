@@ -161,6 +161,12 @@ def _ref(value: str) -> str | float | None:
     return None
 
 
+def _past(ref: str | float) -> str | float:
+    """`ref` as the bound of "strictly after": clients see times to the millisecond, so a timestamp
+    covers its whole millisecond (a message stored at .3174 s is at, not after, "...317Z")."""
+    return ref + 0.000999 if isinstance(ref, float) else ref
+
+
 def _is_at(e: HistoryEntry, ref: str | float) -> bool:
     return e.msgid == ref if isinstance(ref, str) else e.time >= ref
 
@@ -211,18 +217,18 @@ def cmd_chathistory(core: ChatCore, c: Client, msg: Message) -> None:
                 if isinstance(ref, str):
                     entries = entries[hit + 1:] if hit is not None else entries
                 else:
-                    entries = [e for e in entries if e.time > ref]
+                    entries = [e for e in entries if e.time > _past(ref)]
         elif sub == "BEFORE":
             entries = store.before(key, refs[0], limit)
         elif sub == "AFTER":
-            entries = store.after(key, refs[0], limit)
+            entries = store.after(key, _past(refs[0]), limit)
         elif sub == "AROUND":
             before = store.before(key, refs[0], limit // 2)
             start = before[-1].msgid if before else refs[0]
-            entries = before + store.after(key, start, limit - len(before))
+            entries = before + store.after(key, _past(start), limit - len(before))
         else:  # BETWEEN
             entries = []
-            for e in store.after(key, refs[0], limit):
+            for e in store.after(key, _past(refs[0]), limit):
                 if _is_at(e, refs[1]):
                     break
                 entries.append(e)
