@@ -22,6 +22,7 @@ leaves everything else to h2, unchanged:
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import h2.connection
@@ -210,8 +211,11 @@ class FastLane:
         self.h2._data_to_send += _frame(4, _RST_STREAM, 0, sid) + int(error_code).to_bytes(4, "big")
 
 
+_HEAD = struct.Struct(">BHBBL").pack
+
+
 def _frame(length: int, kind: int, flags: int, sid: int) -> bytes:
-    return length.to_bytes(3, "big") + bytes((kind, flags)) + sid.to_bytes(4, "big")
+    return _HEAD(length >> 16, length & 0xFFFF, kind, flags, sid)
 
 
 def _code(value: int) -> Any:

@@ -153,15 +153,10 @@ class H2Connection:
 
     def _request(self, event: Any) -> None:
         sid = event.stream_id
-        scope = self._scope(event.headers)
+        scope = self._scope(event.headers, event.stream_ended is not None)
         if isinstance(scope, int):
             self._answer(sid, scope)
             return
-        if event.stream_ended is not None:
-            for name, value in scope["headers"]:
-                if name == b"content-length" and value != b"0":
-                    self._answer(sid, 400)  # a length promised and no body sent: malformed (RFC 9113 8.1.1)
-                    return
         request = Request(self, sid, scope)
         if event.stream_ended is not None:
             request.ended = True
@@ -177,7 +172,7 @@ class H2Connection:
             return
         request.task = self.loop.create_task(_resume(coro, first), context=context)
 
-    def _scope(self, headers: list[tuple[bytes, bytes]]) -> dict[str, Any] | int:
+    def _scope(self, headers: list[tuple[bytes, bytes]], ended: bool) -> dict[str, Any] | int:
         key = tuple(headers)
         parts = self.heads.get(key)
         if parts is None:
@@ -187,7 +182,9 @@ class H2Connection:
             self.heads[key] = parts
         if isinstance(parts, int):
             return parts
-        method, scheme, path, raw_path, query, fields = parts
+        method, scheme, path, raw_path, query, fields, promised = parts
+        if ended and promised:
+            return 400  # a length promised and no body sent: malformed (RFC 9113 8.1.1)
         scope = self.base.copy()
         scope["method"] = method
         scope["scheme"] = scheme
@@ -232,9 +229,12 @@ class H2Connection:
             return 501
         if not path.startswith(b"/") and not (path == b"*" and method == b"OPTIONS"):
             return 400
+        promised = False
         for name, value in fields:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_body):
-                return 413 if value.isdigit() else 400
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.max_body:
+                    return 413 if value.isdigit() else 400
+                promised = promised or value != b"0" and int(value) > 0
         raw_path, _, query = path.partition(b"?")
         if b"#" in raw_path:
             return 400
@@ -245,7 +245,7 @@ class H2Connection:
                 scheme.decode("ascii") if scheme in (b"http", b"https") else self.base["scheme"],
                 root + decoded if root else decoded,
                 self.handler.root_path_bytes + raw_path if root else raw_path,
-                query, tuple(fields))
+                query, tuple(fields), promised)
 
     async def _run(self, request: Request) -> None:
         handler = self.handler
