@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
 from socketkit.console import echo_handler
 from socketkit.net.limits import Limits
+from socketkit.net.loop import stop_on_signals
 from socketkit.net.server import Server, start_server
 
 
@@ -96,8 +96,8 @@ def status(ctx: UpContext) -> list[dict[str, object]]:
 
 
 async def _start_web(ctx: UpContext) -> list[Server]:
-    from socketkit.dashboard.core import Dashboard
     from socketkit.dashboard.app import DashboardApp
+    from socketkit.dashboard.core import Dashboard
     from socketkit.web import WebServer
     from socketkit.web.config import WEB_LIMITS, WebConfig
 
@@ -304,13 +304,11 @@ def describe(running: list[Running], out: TextIO, dashboard: str | None = None) 
 
 async def run_up(ctx: UpContext, *, only: set[str] | None = None, out: TextIO = sys.stdout,
                  stop: asyncio.Event | None = None) -> None:
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
+    with stop_on_signals(stop) as stopping:
+        await _run_up(ctx, only, out, stopping)
+
+
+async def _run_up(ctx: UpContext, only: set[str] | None, out: TextIO, stop: asyncio.Event) -> None:
     await start_all(ctx, only)
     status_server = None
     if ctx.dashboard is not None:

@@ -263,3 +263,45 @@ class Spawned:
 def listening_url(proc: Spawned, timeout: float = 10) -> str:
     """The first 'listening on URL' a spawned server prints on stderr."""
     return proc.read_until(r"listening on (\S+)", timeout=timeout).group(1)
+
+
+# -- test hosts in network namespaces -----------------------------------------------------------------
+@contextlib.contextmanager
+def two_test_hosts(*, ipv4: bool = False):
+    """Two network namespaces joined by a veth pair, made here and deleted afterwards: test hosts whose
+    traffic never leaves them. Yields ((ns_a, if_a, addr_a), (ns_b, if_b, addr_b)); the addresses are
+    10.77.N.1/.2 with `ipv4`, else None (IPv6 link-local only, duplicate address detection off). Skips the
+    calling test, with the reason, where namespaces cannot be made (not root, no iproute2)."""
+    import shutil
+    import uuid
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("test hosts in network namespaces need root and iproute2's `ip`")
+
+    def ip(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=15)
+
+    tag = uuid.uuid4().hex[:6]
+    net = 16 + int(tag[:2], 16) % 200
+    a, b, va, vb = f"ska{tag}", f"skb{tag}", f"va{tag}", f"vb{tag}"
+    made = ip("ip", "netns", "add", a)
+    if made.returncode != 0:
+        pytest.skip(f"cannot create a network namespace here: {made.stderr.strip()}")
+    try:
+        steps = [("ip", "netns", "add", b), ("ip", "link", "add", va, "type", "veth", "peer", "name", vb),
+                 ("ip", "link", "set", va, "netns", a), ("ip", "link", "set", vb, "netns", b),
+                 # no duplicate address detection: the link-local addresses are usable at once
+                 ("ip", "netns", "exec", a, "sysctl", "-qw", f"net.ipv6.conf.{va}.accept_dad=0"),
+                 ("ip", "netns", "exec", b, "sysctl", "-qw", f"net.ipv6.conf.{vb}.accept_dad=0")]
+        if ipv4:
+            steps += [("ip", "-n", a, "addr", "add", f"10.77.{net}.1/24", "dev", va),
+                      ("ip", "-n", b, "addr", "add", f"10.77.{net}.2/24", "dev", vb)]
+        steps += [("ip", "-n", a, "link", "set", va, "up"), ("ip", "-n", b, "link", "set", vb, "up"),
+                  ("ip", "-n", a, "link", "set", "lo", "up"), ("ip", "-n", b, "link", "set", "lo", "up")]
+        for step in steps:
+            done = ip(*step)
+            assert done.returncode == 0, f"{' '.join(step)}: {done.stderr}"
+        yield ((a, va, f"10.77.{net}.1" if ipv4 else None), (b, vb, f"10.77.{net}.2" if ipv4 else None))
+    finally:
+        ip("ip", "netns", "del", a)
+        ip("ip", "netns", "del", b)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import contextlib
+import signal
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -34,3 +36,23 @@ def run(main: Coroutine[Any, Any, T], *, loop: str | None = "auto") -> T:
     """asyncio.run with the loop of our choice."""
     with asyncio.Runner(loop_factory=lambda: new_event_loop(loop)) as runner:
         return runner.run(main)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event | None = None) -> Iterator[asyncio.Event]:
+    """An event that SIGINT and SIGTERM set, for a service that runs until asked to stop. Off the main
+    thread no handler can be installed: the caller sets the event itself."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    try:
+        yield stop
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from socketkit.errors import SocketkitError
 from socketkit.net.endpoint import Endpoint
 from socketkit.net.limits import Limits
+from socketkit.net.loop import stop_on_signals
 from socketkit.net.server import Server, start_server
 from socketkit.peer.relay_mailbox import MailboxService
 from socketkit.peer.relay_store import RelayStore, RelayStoreError
@@ -262,19 +262,9 @@ async def serve_relay(config: RelayConfig | None = None, *, ready: Callable[[Rel
                       stop: asyncio.Event | None = None) -> None:
     """Run the relay until SIGINT/SIGTERM (or `stop` is set); `ready` (default: print the URLs) once up."""
     relay = await start_relay(config)
-    loop = asyncio.get_running_loop()
-    stop = stop or asyncio.Event()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread: the caller stops us through `stop`
     try:
-        (ready or announce)(relay)
-        await stop.wait()
+        with stop_on_signals(stop) as stopping:
+            (ready or announce)(relay)
+            await stopping.wait()
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
         await relay.aclose()

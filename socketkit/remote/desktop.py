@@ -16,7 +16,6 @@ when offered). What websockify leaves to the operator is the default here:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hmac
 import logging
@@ -289,18 +288,12 @@ def _tls_fields(stream: Stream) -> dict[str, Any]:
 
 async def serve_desktop(config: DesktopConfig, *, out: Any = None) -> None:
     """Run until SIGINT/SIGTERM, printing the viewer's URL (with the token) when listening."""
-    import signal
     import sys
+
+    from socketkit.net.loop import stop_on_signals
 
     out = out or sys.stderr
     service = DesktopService(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
     server = await service.start()
     try:
         for ep in server.endpoints:
@@ -315,7 +308,8 @@ async def serve_desktop(config: DesktopConfig, *, out: Any = None) -> None:
                 out.write(f"warning: {ep} is plain HTTP beyond loopback: the token and the desktop travel "
                           "unencrypted; use tls://... (and ?verify=true&ca=... for client certificates)\n")
         out.flush()
-        await stop.wait()
+        with stop_on_signals() as stop:
+            await stop.wait()
     finally:
         await service.aclose()
 

@@ -33,6 +33,7 @@ from typing import Any
 from socketkit.net.endpoint import parse
 from socketkit.net.limits import Limits
 from socketkit.net.listen import SocketServer, start_socket_server
+from socketkit.net.loop import stop_on_signals
 from socketkit.remote import DEFAULT_LISTEN, audit_log_path, host_key_path
 from socketkit.remote.audit import AuditLog
 from socketkit.remote.auth import Account, KeyStore, RemoteError
@@ -343,21 +344,11 @@ async def serve_remote(config: RemoteConfig | None = None, *, ready: Callable[[R
                        stop: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM (or `stop` is set); `ready` (default: print how to connect) once up."""
     remote = await start_remote(config)
-    loop = asyncio.get_running_loop()
-    stop = stop or asyncio.Event()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread: the caller stops us through `stop`
     try:
-        (ready or announce)(remote)
-        await stop.wait()
+        with stop_on_signals(stop) as stopping:
+            (ready or announce)(remote)
+            await stopping.wait()
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
         await remote.aclose()
 
 

@@ -4,15 +4,13 @@ skips.) Traffic never leaves the two namespaces, which are deleted afterwards.""
 
 from __future__ import annotations
 
-import os
 import select
-import shutil
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
+from helpers import two_test_hosts
 
 RECEIVER = r"""
 import sys
@@ -52,32 +50,8 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def two_hosts():
     """(namespace A, its interface, namespace B, its interface), linked by veth, DAD off."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("test hosts in network namespaces need root and iproute2's `ip`")
-    tag = uuid.uuid4().hex[:6]
-    a, b, va, vb = f"ska{tag}", f"skb{tag}", f"va{tag}", f"vb{tag}"
-    made = _run("ip", "netns", "add", a)
-    if made.returncode != 0:
-        pytest.skip(f"cannot create a network namespace here: {made.stderr.strip()}")
-    try:
-        steps = [
-            ("ip", "netns", "add", b),
-            ("ip", "link", "add", va, "type", "veth", "peer", "name", vb),
-            ("ip", "link", "set", va, "netns", a),
-            ("ip", "link", "set", vb, "netns", b),
-            # no duplicate address detection: the link-local addresses are usable at once
-            ("ip", "netns", "exec", a, "sysctl", "-qw", f"net.ipv6.conf.{va}.accept_dad=0"),
-            ("ip", "netns", "exec", b, "sysctl", "-qw", f"net.ipv6.conf.{vb}.accept_dad=0"),
-            ("ip", "netns", "exec", a, "ip", "link", "set", va, "up"),
-            ("ip", "netns", "exec", b, "ip", "link", "set", vb, "up"),
-        ]
-        for step in steps:
-            done = _run(*step)
-            assert done.returncode == 0, f"{' '.join(step)}: {done.stderr}"
+    with two_test_hosts() as ((a, va, _), (b, vb, _)):
         yield a, va, b, vb
-    finally:
-        _run("ip", "netns", "del", a)
-        _run("ip", "netns", "del", b)
 
 
 @pytest.mark.parametrize("group", ["ff02::1:7741", "ff12::7741"])

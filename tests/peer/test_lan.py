@@ -10,47 +10,18 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
+from helpers import two_test_hosts
 
 pytestmark = pytest.mark.slow
 
 
-def _run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=15)
-
-
 @pytest.fixture
 def two_hosts():
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("test hosts in network namespaces need root and iproute2's `ip`")
-    tag = uuid.uuid4().hex[:6]
-    net = 16 + int(tag[:2], 16) % 200
-    a, b, va, vb = f"ska{tag}", f"skb{tag}", f"va{tag}", f"vb{tag}"
-    made = _run("ip", "netns", "add", a)
-    if made.returncode != 0:
-        pytest.skip(f"cannot create a network namespace here: {made.stderr.strip()}")
-    try:
-        for step in [
-            ("ip", "netns", "add", b),
-            ("ip", "link", "add", va, "type", "veth", "peer", "name", vb),
-            ("ip", "link", "set", va, "netns", a),
-            ("ip", "link", "set", vb, "netns", b),
-            ("ip", "-n", a, "addr", "add", f"10.77.{net}.1/24", "dev", va),
-            ("ip", "-n", b, "addr", "add", f"10.77.{net}.2/24", "dev", vb),
-            ("ip", "-n", a, "link", "set", va, "up"),
-            ("ip", "-n", b, "link", "set", vb, "up"),
-            ("ip", "-n", a, "link", "set", "lo", "up"),
-            ("ip", "-n", b, "link", "set", "lo", "up"),
-        ]:
-            done = _run(*step)
-            assert done.returncode == 0, f"{' '.join(step)}: {done.stderr}"
-        yield (a, va, f"10.77.{net}.1"), (b, vb, f"10.77.{net}.2")
-    finally:
-        _run("ip", "netns", "del", a)
-        _run("ip", "netns", "del", b)
+    with two_test_hosts(ipv4=True) as hosts:
+        yield hosts
 
 
 def _sk(ns: str, *args: str, cwd: Path) -> subprocess.Popen[str]:
