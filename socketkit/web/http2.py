@@ -31,6 +31,9 @@ from socketkit.web.http2_stream import Request
 
 log = logging.getLogger("socketkit.web")
 
+_LINGER_SECONDS = 1.0  # after a GOAWAY for a broken limit: how long, and how much, the peer may still send
+_LINGER_BYTES = 1 << 20
+
 _METHODS = {m: m.decode("ascii") for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS")}
 
 
@@ -72,6 +75,7 @@ class H2Connection:
                     if machine.refused is not None:
                         refused = machine.refused
                         log.info("HTTP/2 connection from %s closed: %s", stream.peer, refused.reason)
+                        await self._linger()
                         return
                 data = await self._read()
                 if not data:
@@ -89,6 +93,28 @@ class H2Connection:
                 await asyncio.wait(tasks, timeout=1.0)
             self._write()  # a GOAWAY, say
             stream.close()
+
+    async def _linger(self) -> None:
+        """After our GOAWAY: read and drop what the peer still sends, a little while (nginx's lingering
+        close). Closing with its bytes unread would make the kernel answer with a reset, and the peer could
+        lose the GOAWAY that says why."""
+        self._write()
+        stream = self.stream
+        deadline = self.loop.time() + _LINGER_SECONDS
+        dropped = 0
+        try:
+            if stream.extra("ssl_object") is None:
+                await stream.send_eof()
+            while dropped < _LINGER_BYTES:
+                left = deadline - self.loop.time()
+                if left <= 0:
+                    return
+                data = await stream.receive(timeout=left)
+                if not data:
+                    return
+                dropped += len(data)
+        except (DeadlineError, SocketkitError, ConnectionError):
+            return
 
     async def _read(self) -> bytes | None:
         """The next bytes; b"" at EOF; None when the connection should close (idle, or a head too slow)."""

@@ -77,7 +77,10 @@ class H2Client:
     async def pump(self, timeout: float = WAIT) -> list[Any]:
         """Read once (bounded) and return the new events; [] at EOF (self.closed)."""
         async with asyncio.timeout(timeout):
-            data = await self.reader.read(65536)
+            try:
+                data = await self.reader.read(65536)
+            except ConnectionResetError:
+                data = b""
         if not data:
             self.closed = True
             return []

@@ -287,6 +287,7 @@ async def test_control_frame_floods_are_answered_with_goaway(flood):
 
 async def test_continuation_flood_is_cut_off():
     async with serving(scope_app) as web, await H2Client.open(port_of(web)) as c:
+        await c.until(lambda e: isinstance(e, h2.events.SettingsAcknowledged))
         block = c.conn.encoder.encode([(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"),
                                        (b":authority", b"t")])
         data = frame(F.HeadersFrame, 1, data=block)
@@ -299,8 +300,12 @@ async def test_continuation_flood_is_cut_off():
 async def test_a_header_block_that_never_ends_times_out():
     limits = Limits(request_timeout=0.3, idle_timeout=30)
     async with serving(scope_app, limits=limits) as web, await H2Client.open(port_of(web)) as c:
+        await c.until(lambda e: isinstance(e, h2.events.SettingsAcknowledged))  # (the client's ACK is out)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         await c.raw(frame(F.HeadersFrame, 1, data=b"\x82"))  # no END_HEADERS, and nothing after it
-        await c.goaway(timeout=3)
+        event = await c.goaway(timeout=3)
+        assert event.error_code == ErrorCodes.NO_ERROR and loop.time() - start >= 0.25
 
 
 async def test_oversized_header_lists_and_hpack_tables_are_refused():
