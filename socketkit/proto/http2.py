@@ -210,6 +210,17 @@ class ServerConnection:
         else:
             self.h2.send_data(stream_id, data, end_stream=end_stream)
 
+    def send_whole(self, stream_id: int, data: bytes, end_stream: bool = False) -> bool:
+        """Send `data` as one DATA frame if it fits in the frame size and both windows now; else False."""
+        fast = self.fast
+        if stream_id in fast.streams:
+            return fast.send_whole(stream_id, data, end_stream)
+        h2conn = self.h2
+        if len(data) > h2conn.max_outbound_frame_size or len(data) > h2conn.local_flow_control_window(stream_id):
+            return False
+        h2conn.send_data(stream_id, data, end_stream=end_stream)
+        return True
+
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
         if stream_id in self.fast.streams:
             self.fast.reset_stream(stream_id, error_code)

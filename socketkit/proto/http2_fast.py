@@ -47,6 +47,7 @@ class FastLane:
         self.preface = _PREFACE  # bytes of the client preface still to pass to h2 untouched
         self.streams: dict[int, int] = {}  # our streams: id -> what we may still send on it
         self.passthrough = False  # after a frame h2 refuses by its header: h2 gets everything
+        self.initial_window = conn.remote_settings.initial_window_size  # (kept up to date by _settings)
 
     def active(self, stream_id: int) -> bool:
         return stream_id in self.streams
@@ -69,6 +70,7 @@ class FastLane:
         limit = h2conn.max_inbound_frame_size
         streams = self.streams
         is_open = self._open()
+        h2_ran = bool(events)
         while n - pos >= 9:
             length = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
             if length > limit:
@@ -82,13 +84,14 @@ class FastLane:
             if end > n:
                 break
             kind = buf[pos + 3]
-            sid = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+            sid = _U32(buf, pos + 5)[0] & 0x7FFFFFFF
             if kind == _HEADERS:
                 if buf[pos + 4] == _END_STREAM | _END_HEADERS and sid & 1 \
                         and sid > h2conn.highest_inbound_stream_id and is_open:
                     if start < pos:
                         events += h2conn.receive_data(bytes(buf[start:pos]))
                         start = pos
+                        h2_ran = True
                         is_open = self._open()  # (h2 may have moved on)
                     if sid > h2conn.highest_inbound_stream_id and is_open:
                         events += self._request(sid, bytes(buf[pos + 9:end]))
@@ -99,12 +102,14 @@ class FastLane:
                 if kind == _WINDOW_UPDATE and length == 4:
                     if start < pos:
                         events += h2conn.receive_data(bytes(buf[start:pos]))
+                        h2_ran = True
                         is_open = self._open()
                     start = end
                     self._window_update(sid, int.from_bytes(buf[pos + 9:end], "big") & 0x7FFFFFFF, events)
                 elif kind == _RST_STREAM and length == 4:
                     if start < pos:
                         events += h2conn.receive_data(bytes(buf[start:pos]))
+                        h2_ran = True
                         is_open = self._open()
                     start = end
                     del streams[sid]
@@ -115,8 +120,9 @@ class FastLane:
             pos = end
         if start < pos:
             events += h2conn.receive_data(bytes(buf[start:pos]))
+            h2_ran = True
         del buf[:pos]
-        if streams:
+        if h2_ran:  # (a SETTINGS frame can only have come through h2)
             self._settings(events)
         return events
 
@@ -145,7 +151,7 @@ class FastLane:
             if known is not None and block in decoder.lists:  # an all-indexed block: same bytes, same head
                 known[block] = list(headers)
         h2conn.highest_inbound_stream_id = sid
-        self.streams[sid] = h2conn.remote_settings.initial_window_size
+        self.streams[sid] = self.initial_window
         ended = h2.events.StreamEnded(stream_id=sid)
         return [h2.events.RequestReceived(stream_id=sid, headers=headers, stream_ended=ended), ended]
 
@@ -175,6 +181,7 @@ class FastLane:
                     delta = changed.new_value - changed.original_value
                     for sid in self.streams:
                         self.streams[sid] += delta
+                self.initial_window = self.h2.remote_settings.initial_window_size
 
     # -- sending ------------------------------------------------------------------------------------
     def send_headers(self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
@@ -203,6 +210,21 @@ class FastLane:
         if end_stream:
             del self.streams[sid]
 
+    def send_whole(self, sid: int, data: bytes, end_stream: bool) -> bool:
+        """send_data when all of `data` fits in one frame and both windows now; False (nothing sent) if not."""
+        h2conn = self.h2
+        n = len(data)
+        window = self.streams.get(sid)
+        if window is None or n > window or n > h2conn.outbound_flow_control_window \
+                or n > h2conn.max_outbound_frame_size:
+            return False
+        self.streams[sid] = window - n
+        h2conn.outbound_flow_control_window -= n
+        h2conn._data_to_send += _HEAD(n >> 16, n & 0xFFFF, 0x0, _END_STREAM if end_stream else 0, sid) + data
+        if end_stream:
+            del self.streams[sid]
+        return True
+
     def window(self, sid: int) -> int:
         return min(self.streams[sid], self.h2.outbound_flow_control_window)
 
@@ -212,6 +234,7 @@ class FastLane:
 
 
 _HEAD = struct.Struct(">BHBBL").pack
+_U32 = struct.Struct(">L").unpack_from
 
 
 def _frame(length: int, kind: int, flags: int, sid: int) -> bytes:

@@ -109,11 +109,7 @@ class Request:
                 self.head_sent = True
                 conn.send_head(self, self.status, self.headers, end and (self.head or not body))
             if body and not self.head and not self.reset:
-                machine = conn.h2
-                if len(body) <= machine.max_outbound_frame_size and \
-                        len(body) <= machine.local_flow_control_window(self.sid):
-                    machine.send_data(self.sid, body, end_stream=end)  # the common case: one frame, now
-                else:
+                if not conn.h2.send_whole(self.sid, body, end):  # the common case: one frame, now
                     return self._send_body(body, end, more)
             elif end and not (self.reset or self.complete):
                 machine = conn.h2
