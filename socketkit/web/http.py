@@ -25,7 +25,7 @@ from socketkit.proto.http1 import (
 )
 from socketkit.proto.http1_events import END
 from socketkit.web.config import WebConfig
-from socketkit.web.http_cycle import Cycle, _clock, _time, access_line, send_file
+from socketkit.web.http_cycle import Cycle, _clock, _time, access_line, corkable, send_file
 
 log = logging.getLogger("socketkit.web")
 access_log = logging.getLogger("socketkit.web.access")
@@ -121,6 +121,7 @@ class HTTPHandler:
         ready = loop.create_future()
         ready.set_result(None)
         cached_response = self.cached_response
+        cork: Any = None  # the socket to cork around files sent by the server itself (looked up once)
         if self.http2:
             try:
                 if await self._h2(stream, scheme, server, client):
@@ -185,8 +186,10 @@ class HTTPHandler:
                                 size = body.st.st_size
                                 body.users += 1
                                 try:
+                                    if cork is None:
+                                        cork = corkable(stream) or False
                                     await send_file(stream, conn, conn.response_head(200, hit[0], extra),
-                                                    body.file, 0, size)
+                                                    body.file, 0, size, sock=cork or None)
                                 except LocalProtocolError:
                                     return  # the file shrank under sendfile: the connection is cut already
                                 finally:

@@ -112,11 +112,14 @@ _clock = _Clock()
 
 
 async def send_file(stream: Stream, conn: ServerConnection, head: bytes, file: Any, offset: int, count: int,
-                    *, chunked: bool = False) -> None:
+                    *, chunked: bool = False, sock: Any = None) -> None:
     """`head` (may be b""), then `count` bytes of `file` from `offset` by sendfile, the socket corked in
     between as nginx's tcp_nopush does: the head and the file's first bytes leave in full-sized packets,
     not the head alone in a small one. Keeps `conn`'s length accounting (unless the caller frames a chunk)."""
-    sock = _corkable(stream) if count else None
+    if sock is None:  # (a caller sending many files on one connection looks it up once: corkable())
+        sock = corkable(stream) if count else None
+    elif not count:
+        sock = None
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
     try:
@@ -140,7 +143,7 @@ async def send_file(stream: Stream, conn: ServerConnection, head: bytes, file: A
                 pass
 
 
-def _corkable(stream: Stream) -> Any:
+def corkable(stream: Stream) -> Any:
     """The TCP socket under a plain (not TLS) stream, to cork around a file body; None otherwise."""
     if not hasattr(socket, "TCP_CORK") or stream.extra("ssl_object") is not None:
         return None
