@@ -462,10 +462,9 @@ def _cmd_mail_send(args: argparse.Namespace) -> int:
 def _cmd_chat(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from socketkit.chat.core import ChatLimits
     from socketkit.chat.server import DEFAULT_LISTEN, ChatConfig, run
     from socketkit.net.certs import data_dir
-
-    from socketkit.chat.core import ChatLimits
 
     limits = limits_from(args)
     flood = {name: getattr(args, name) for name in ("flood_burst", "flood_rate", "flood_queue")

@@ -93,7 +93,7 @@ class SeriesStore:
         if now - self._minute_start >= 60:
             self.coarse_times.add(now)
             for s in self.services.values():
-                for key, _, counter in FIGURES:
+                for key, _, _ in FIGURES:
                     total = s.minute.get(key, 0.0)
                     s.coarse[key].add(total / s.minute_n if s.minute_n else math.nan)
                 s.minute.clear()

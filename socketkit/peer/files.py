@@ -180,7 +180,7 @@ def check_zip(zf: zipfile.ZipFile, offer: Offer) -> list[tuple[zipfile.ZipInfo, 
         plan.append((info, path, mode))
     # A file that is also a directory, or the parent of another entry: sorted, a path's descendants follow it.
     order = sorted((path.parts, info.is_dir(), info.filename) for info, path, _ in plan)
-    for (a, a_dir, a_name), (b, b_dir, b_name) in zip(order, order[1:]):
+    for (a, a_dir, a_name), (b, b_dir, b_name) in zip(order, order[1:], strict=False):
         if a == b and a_dir and b_dir:
             continue
         if a == b or (not a_dir and b[:len(a)] == a):

@@ -8,10 +8,9 @@ import json
 from typing import Any
 
 from socketkit.errors import DeadlineError, PeerError, WrongCodeError
+from socketkit.peer import PUBLIC_MAILBOX
 from socketkit.peer.websocket import WebSocketClient
 from socketkit.proto import wormhole as wh
-
-from socketkit.peer import PUBLIC_MAILBOX
 
 
 class MailboxSession:

@@ -27,6 +27,7 @@ from socketkit.proto import wormhole_transfer as xfer
 from socketkit.proto.wormhole import TRANSIT_KEY_PURPOSE
 from socketkit.proto.wormhole_transfer import Offer
 
+
 class Overshoot(PeerProtocolError):
     """The sender sent past the size it offered (nothing past it is kept)."""
 

@@ -22,12 +22,12 @@ from socketkit.net.interfaces import local_addresses
 from socketkit.net.limits import Limits
 from socketkit.net.server import Server, start_server
 from socketkit.net.stream import Stream
+from socketkit.peer import PUBLIC_RELAY
 from socketkit.proto import transit as tp
 from socketkit.proto.wormhole_transfer import MAX_HINTS, Hint, transit_message
 
 log = logging.getLogger("socketkit.peer")
 
-from socketkit.peer import PUBLIC_RELAY
 RELAY_DELAY = 2.0
 ATTEMPT_TIMEOUT = 20.0
 # Big buffers: a transfer is throughput-bound, and these bound memory per connection all the same.

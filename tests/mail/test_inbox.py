@@ -21,13 +21,13 @@ from websockets.asyncio.client import connect as ws_connect
 
 import socketkit
 from socketkit import web
+from socketkit.dashboard.app import DashboardApp
+from socketkit.dashboard.core import Dashboard
 from socketkit.mail import inbox_page
 from socketkit.mail.inbox import Inbox, decode_id, encode_id
 from socketkit.mail.maildir import MailStore
 from socketkit.mail.server import MailConfig
 from socketkit.mail.server import start as start_mail
-from socketkit.dashboard.app import DashboardApp
-from socketkit.dashboard.core import Dashboard
 
 BOB = "bob@example.org"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from wormhole_support import servers  # noqa: F401 - fixture
-
 from socketkit.peer.commands import _for_terminal
 
 

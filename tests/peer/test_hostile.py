@@ -25,10 +25,22 @@ from pathlib import Path
 
 import pytest
 from hostile_support import (
-    STEP, Data, Seen, dir_offer, duel, entry, file_offer, hostile_sender, make_zip, new_code, patch_entries, payload,
-    sends, snapshot, start,
+    STEP,
+    Data,
+    Seen,
+    dir_offer,
+    duel,
+    entry,
+    file_offer,
+    hostile_sender,
+    make_zip,
+    new_code,
+    patch_entries,
+    payload,
+    sends,
+    snapshot,
+    start,
 )
-from wormhole_support import servers  # noqa: F401 - fixture
 
 import socketkit.peer.receive as receive_module
 from socketkit.errors import PeerError, PeerProtocolError, TransferError

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from wormhole_support import finish, servers, socketkit  # noqa: F401 - servers: fixture
+from wormhole_support import finish, socketkit
 
 from socketkit.errors import TransferError
 from socketkit.peer.options import PeerOptions

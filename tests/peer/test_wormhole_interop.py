@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from wormhole_support import finish, servers, socketkit, tree_digest, wormhole  # noqa: F401 - servers: fixture
+from wormhole_support import finish, socketkit, tree_digest, wormhole
 
 pytestmark = pytest.mark.slow
 

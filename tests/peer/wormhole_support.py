@@ -96,10 +96,3 @@ def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, 
 def tree_digest(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"<dir>")
             for p in sorted(root.rglob("*"))}
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    """The reference mailbox server and transit relay for a test module: (mailbox URL, relay URL)."""
-    with reference_servers(tmp_path_factory.mktemp("wormhole-servers")) as urls:
-        yield urls

@@ -38,7 +38,7 @@ LAYERS = [SecretBoxRecords, AesGcmRecords]
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts})
-    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
 # -- handshake lines and wormhole's Connection ---------------------------------------------------------
