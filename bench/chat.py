@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     HOST,
     BenchError,
+    build_c,
     describe_counts,
     emit,
     fmt,
@@ -236,7 +237,7 @@ def random_tag(rng: random.Random) -> str:
 
 
 def measure(name: str, args: argparse.Namespace, tmp: Path, seed: int, tag: str, total: float) -> Run:
-    from chat_client import Plan, run_load
+    from chat_client import Plan, run_load, run_load_c
 
     port = free_port()
     each = total / args.clients
@@ -266,13 +267,17 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, seed: int, tag: str,
             "seed": seed,
         }
         try:
-            load = run_load(
-                plan,
-                procs=args.procs,
-                register_timeout=args.register_timeout,
-                on_joined=on_joined,
-                on_end=on_end,
-            )
+            if args.load_binary is not None:
+                load = run_load_c(args.load_binary, plan, procs=args.procs, register_timeout=args.register_timeout,
+                                  on_joined=on_joined, on_end=on_end)
+            else:
+                load = run_load(
+                    plan,
+                    procs=args.procs,
+                    register_timeout=args.register_timeout,
+                    on_joined=on_joined,
+                    on_end=on_end,
+                )
         except RuntimeError as exc:
             if child.poll() is not None:
                 raise BenchError(child.exit_reason()) from None
@@ -280,7 +285,6 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, seed: int, tag: str,
         if child.poll() is not None:
             raise BenchError(child.exit_reason())
 
-    lat = sorted(load.latencies_ns)
     cpu = None
     if marks.get("cpu0") is not None and marks.get("cpu1") is not None:
         cpu = (marks["cpu1"] - marks["cpu0"]) / (marks["t1"] - marks["t0"])
@@ -289,9 +293,9 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, seed: int, tag: str,
         offered=total,
         sent_rate=load.sent / args.seconds,
         delivered_rate=load.delivered / args.seconds,
-        p50_ms=percentile(lat, 0.50) / 1e6,
-        p99_ms=percentile(lat, 0.99) / 1e6,
-        max_ms=(lat[-1] / 1e6) if lat else float("nan"),
+        p50_ms=load.latency_ms(0.50),
+        p99_ms=load.latency_ms(0.99),
+        max_ms=load.latency_ms(1.0),
         kib_joined=per_client(rss_j, rss0, load.joined),
         kib_end=per_client(rss_e, rss0, load.connected_at_end),
         rss=(rss0, rss_j, rss_e),
@@ -333,7 +337,6 @@ def label(total: float) -> str:
 def describe_run(name: str, run: Run, args: argparse.Namespace) -> list[str]:
     """The '#' lines under a server's result: everything needed to trust (or not) its number."""
     load = run.load
-    late = sorted(load.late_ns)
     at = label(run.offered)
     lines = [
         f"{at} {name}: {load.joined}/{load.clients} clients joined in {load.register_seconds:.1f} s; "
@@ -342,8 +345,8 @@ def describe_run(name: str, run: Run, args: argparse.Namespace) -> list[str]:
         f"latency p50 {ms(run.p50_ms)} ms, p99 {ms(run.p99_ms)} ms, max {ms(run.max_ms)} ms",
         f"{at} {name}: server RSS {mib(run.rss[0])} before, {mib(run.rss[1])} joined "
         f"({kib(run.kib_joined)} KiB/client), {mib(run.rss[2])} at the end ({kib(run.kib_end)} KiB/client); "
-        f"server cpu {pct(run.server_cpu)}; load generator cpu {pct(load.client_cpu)} over {args.procs} processes, "
-        f"send lateness p99 {ms(percentile(late, 0.99) / 1e6)} ms, max {ms((late[-1] / 1e6) if late else None)} ms",
+        f"server cpu {pct(run.server_cpu)}; load generator ({load.generator}) cpu {pct(load.client_cpu)} over "
+        f"{args.procs} processes, send lateness p99 {ms(load.lateness_ms(0.99))} ms, max {ms(load.lateness_ms(1.0))} ms",
     ]
     if load.join_errors:
         lines.append(f"{at} {name}: not joined: {describe_counts(load.join_errors)}")
@@ -424,7 +427,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rates", default="2000,8000", metavar="MSGS_PER_S,...",
                    help="PRIVMSG lines per second sent by all clients together; a run for each (default 2000,8000)")
     run_options(p, ALL, seconds=10.0, repeat=1, seconds_help="sending window per run (default 10)")
-    p.add_argument("--procs", type=int, default=4, help="load generator processes (default 4)")
+    p.add_argument("--procs", type=int, help="load generator processes (default: 2 in C, 4 in Python)")
+    p.add_argument("--load", choices=("c", "python"), default="c",
+                   help="the load generator: chat_load.c (default; built with the C compiler) or chat_client.py")
     p.add_argument("--drain", type=float, default=3.0, help="seconds to wait for late deliveries (default 3)")
     p.add_argument(
         "--register-timeout",
@@ -445,6 +450,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--rates {args.rates!r}: comma-separated numbers, e.g. 2000,8000")
     if not args.totals or min(args.totals) <= 0:
         p.error("--rates needs at least one positive rate")
+    if args.procs is None:
+        args.procs = 2 if args.load == "c" else 4
     if min(args.clients, args.channels, args.repeat, args.procs) < 1 or args.seconds <= 0:
         p.error("--clients, --channels, --repeat, --procs and --seconds must be positive")
     if args.channels > args.clients:
@@ -477,7 +484,7 @@ def find_max(name: str, args: argparse.Namespace, tmp: Path, rng: random.Random)
         problems = f", {describe_counts(run.problems)}" if run.problems else ""
         note(f"find-max {name} @ {rate:,.0f} msgs/s: delivered {fmt(run.delivered_rate)}/s, p50 {ms(run.p50_ms)} ms, "
              f"p99 {ms(run.p99_ms)} ms, server cpu {pct(run.server_cpu)}, load generator cpu "
-             f"{pct(run.load.client_cpu)}, send lateness p99 {ms(percentile(sorted(run.load.late_ns), 0.99) / 1e6)} ms"
+             f"{pct(run.load.client_cpu)}, send lateness p99 {ms(run.load.lateness_ms(0.99))} ms"
              f"{problems}: {'sustained' if ok else 'not sustained'}")
         if not ok:
             break
@@ -495,6 +502,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     install_signal_handlers()
+    args.load_binary = None
+    if args.load == "c":
+        try:
+            args.load_binary = str(build_c(Path(__file__).resolve().parent / "chat_load.c"))
+        except BenchError as exc:
+            note(f"warning: {exc}; using the Python load generator (chat_client.py) instead")
+            args.load = "python"
+            args.procs = max(args.procs, 4)
     rng = random.Random()
     members = args.clients / args.channels
     note(
@@ -503,11 +518,15 @@ def main(argv: list[str] | None = None) -> int:
         f"(~{', '.join(fmt(t * (members - 1)) for t in args.totals)} deliveries/s), {args.seconds:g} s each, "
         f"{args.drain:g} s drain, median of {args.repeat}"
     )
-    note(
-        f"load generator: bench/chat_client.py, {args.procs} processes of asyncio on "
-        f"{'uvloop' if _has('uvloop') else 'the default loop (uvloop missing)'}; {python_version()}; "
-        f"{os.cpu_count()} cores shared by server and load"
-    )
+    if args.load == "c":
+        note(f"load generator: bench/chat_load.c, {args.procs} processes on epoll; {python_version()}; "
+             f"{os.cpu_count()} cores shared by server and load")
+    else:
+        note(
+            f"load generator: bench/chat_client.py, {args.procs} processes of asyncio on "
+            f"{'uvloop' if _has('uvloop') else 'the default loop (uvloop missing)'}; {python_version()}; "
+            f"{os.cpu_count()} cores shared by server and load"
+        )
     if PEER in args.names:
         note(
             f"{ngircd_version()}: generated config, -n (foreground), DNS/Ident/PAM off, no limits on connections/joins"

@@ -398,9 +398,175 @@ class LoadResult:
     connected_at_end: int
     client_cpu: float  # CPU seconds per second of the send window + drain, summed over processes
 
+    lat_hist: dict[int, int] | None = None   # the C generator's histograms (see chat_load.c)
+    late_hist: dict[int, int] | None = None
+    generator: str = "python"
+
     @property
     def lost(self) -> int:
         return max(0, self.expected - self.delivered)
+
+    def latency_ms(self, q: float) -> float:
+        """The q-quantile of the delivery latency (q=1: the maximum), in ms; NaN without deliveries."""
+        return _quantile_ms(self.latencies_ns, self.lat_hist, q)
+
+    def lateness_ms(self, q: float) -> float:
+        return _quantile_ms(self.late_ns, self.late_hist, q)
+
+
+def _bucket_ms(b: int) -> float:
+    us = b * 10 + 5 if b < 100_000 else 1_000_000 + (b - 100_000) * 1000 + 500
+    return us / 1000
+
+
+def _quantile_ms(values: array, hist: dict[int, int] | None, q: float) -> float:
+    if hist is not None:
+        total = sum(hist.values())
+        if not total:
+            return float("nan")
+        rank = min(total - 1, int(q * total))
+        seen = 0
+        for b in sorted(hist):
+            seen += hist[b]
+            if seen > rank:
+                return _bucket_ms(b)
+        return _bucket_ms(max(hist))
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
+
+
+# ---------------------------------------------------------------- the C generator (chat_load.c)
+
+
+def run_load_c(binary: str, plan_args: dict, *, procs: int, register_timeout: float, on_joined, on_end) -> LoadResult:
+    """Drive one server with `procs` chat_load processes (the clients interleaved over them), as
+    run_load() does with Python ones. Raises RuntimeError if a process broke or answered nonsense."""
+    import subprocess
+
+    plan = Plan(**plan_args, register_deadline_ns=0)
+    procs = max(1, min(procs, plan.clients))
+    children = [
+        subprocess.Popen(
+            [binary, str(plan.port), str(plan.clients), str(plan.channels), repr(plan.rate), repr(plan.seconds),
+             plan.tag, str(plan.seed), str(i), str(procs), repr(register_timeout)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        for i in range(procs)
+    ]
+
+    # A thread per child reads its lines into a queue: every wait below is bounded.
+    import queue
+    import threading
+
+    lines: dict[int, queue.SimpleQueue[str | None]] = {}
+    for child in children:
+        q: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        lines[child.pid] = q
+
+        def pump(child=child, q=q) -> None:
+            for line in child.stdout:
+                q.put(line.rstrip("\n"))
+            q.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def readline(child, timeout: float) -> str:
+        try:
+            line = lines[child.pid].get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"chat_load said nothing within {timeout:g}s") from None
+        if line is None:
+            raise RuntimeError(f"chat_load exited ({child.wait()}): {child.stderr.read()[:300]}")
+        return line
+
+    def tell(child, text: str) -> None:
+        try:
+            child.stdin.write(text + "\n")
+            child.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+
+    try:
+        members: Counter[int] = Counter()
+        joined = join_errors = 0
+        register_seconds = 0.0
+        for child in children:
+            head = readline(child, register_timeout + 30).split()
+            if head[:1] != ["ready"]:
+                raise RuntimeError(f"chat_load: expected 'ready', got {' '.join(head)[:80]!r}")
+            joined += int(head[1])
+            register_seconds = max(register_seconds, float(head[2]))
+            join_errors += int(head[3])
+            for _ in range(plan.channels):
+                _, ch, n = readline(child, 5).split()
+                members[int(ch)] += int(n)
+        if joined == 0:
+            raise RuntimeError("no client registered and joined")
+        on_joined()
+        t0 = time.monotonic_ns() + 300_000_000
+        for child in children:
+            tell(child, f"go {t0}")
+        time.sleep(max(0.0, (t0 - time.monotonic_ns()) / 1e9 + plan.seconds + plan.drain))
+        for child in children:
+            tell(child, "drain")
+        sent: Counter[int] = Counter()
+        lat: Counter[int] = Counter()
+        late: Counter[int] = Counter()
+        delivered = out_of_order = garbled = notices = disconnects = still = 0
+        cpu = wall = 0.0
+        for child in children:
+            while True:
+                line = readline(child, 60)
+                kind, *rest = line.split()
+                if kind == "end":
+                    break
+                if kind == "sent":
+                    sent[int(rest[0])] += int(rest[1])
+                elif kind == "lat":
+                    lat[int(rest[0])] += int(rest[1])
+                elif kind == "late":
+                    late[int(rest[0])] += int(rest[1])
+                elif kind == "counts":
+                    delivered += int(rest[0])
+                    out_of_order += int(rest[1])
+                    garbled += int(rest[2])
+                    notices += int(rest[3])
+                    disconnects += int(rest[4])
+                    still += int(rest[5])
+                    cpu += float(rest[6])
+                    wall = max(wall, float(rest[7]))
+        on_end()
+    finally:
+        for child in children:
+            tell(child, "release")
+        for child in children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(5)
+    return LoadResult(
+        clients=plan.clients,
+        joined=joined,
+        register_seconds=register_seconds,
+        join_errors=Counter({"not joined (refused, closed or too slow)": join_errors}) if join_errors else Counter(),
+        sent=sum(sent.values()),
+        expected=sum(n * max(0, members[ch] - 1) for ch, n in sent.items()),
+        delivered=delivered,
+        latencies_ns=array("q"),
+        late_ns=array("q"),
+        out_of_order=out_of_order,
+        garbled=garbled,
+        notices=Counter({"NOTICE or error numerics": notices}) if notices else Counter(),
+        disconnects=Counter({"disconnected": disconnects}) if disconnects else Counter(),
+        errors=Counter(),
+        connected_at_end=still,
+        client_cpu=cpu / wall if wall else 0.0,
+        lat_hist=dict(lat),
+        late_hist=dict(late),
+        generator="c",
+    )
 
 
 def run_load(plan_args: dict, *, procs: int, register_timeout: float, on_joined, on_end) -> LoadResult:

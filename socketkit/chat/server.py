@@ -50,6 +50,9 @@ class ChatConfig:
     limits: ChatLimits = dataclasses.field(default_factory=ChatLimits)
     sendq: int = 1 << 20                  # unsent bytes per client before "SendQ exceeded"
     tick_interval: float = 0.25
+    # Queued lines are written at the end of the loop iteration, but at most once per this many seconds:
+    # under load each write (a system call) carries more messages; when quiet, nothing waits.
+    flush_interval: float = 0.002
     backplane: str | None = None          # redis://, rediss:// or redis+sentinel:// URL to share channels
     backplane_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # see Backplane
     net_limits: Limits = dataclasses.field(default_factory=lambda: Limits(idle_timeout=None))
@@ -147,6 +150,7 @@ class ChatService:
         self.backplane: Any = None
         self._closed = False
         self._flush_at_end = False
+        self._last_flush = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -222,7 +226,12 @@ class ChatService:
             self.backplane.after_dispatch(out)
         if self.core.pending and not self._flush_at_end:
             self._flush_at_end = True
-            (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
+            loop = self._loop or asyncio.get_running_loop()
+            wait = self._last_flush + self.config.flush_interval - loop.time()
+            if wait > 0:  # busy: a few more messages share each client's next write
+                loop.call_later(wait, self._flush)
+            else:
+                loop.call_soon(self._flush)
 
     def _write_now(self, outlet: Any, c: Client) -> None:
         out = c.out
@@ -233,6 +242,7 @@ class ChatService:
     def _flush(self) -> None:
         """Write every pending client's queued lines, one write each; drop the ones past their SendQ."""
         self._flush_at_end = False
+        self._last_flush = (self._loop or asyncio.get_running_loop()).time()
         sendq = self.config.sendq
         slow: list[Client] = []
         for c in self.core.take_pending():
