@@ -299,7 +299,7 @@ async def test_range_ignored_for_head_and_empty_files(www):
 
 
 async def test_if_range(www):
-    app = StaticFiles(www)
+    app = StaticFiles(www, cache_valid=0)  # (data.bin changes below: every use checks the disk)
     etag = (await call(app, "/old.bin")).headers["etag"]
     rng = {"Range": "bytes=0-9"}
     cases = [
@@ -665,7 +665,8 @@ def test_header_parsers_never_raise(value, size):
 
 
 async def test_zerocopy_messages(www):
-    r = await call(StaticFiles(www), "/data.bin", zerocopy=True)
+    # Uncached: a cached small file is sent from memory, a cached large one stays open (test_static_cache.py)
+    r = await call(StaticFiles(www, cache_entries=0), "/data.bin", zerocopy=True)
     assert r.status == 200 and r.body == DATA
     zc = [m for m in r.messages if m["type"] == "http.response.zerocopysend"]
     assert len(zc) == 1 and zc[0]["offset"] == 0 and zc[0]["count"] == 1000 and zc[0]["more_body"] is False
@@ -678,7 +679,7 @@ async def test_zerocopy_messages(www):
 
 
 async def test_chunked_reads(www):
-    r = await call(StaticFiles(www, chunk_size=7), "/data.bin")
+    r = await call(StaticFiles(www, chunk_size=7, cache_entries=0), "/data.bin")
     bodies = [m for m in r.messages if m["type"] == "http.response.body"]
     assert len(bodies) == 143 and all(len(m["body"]) <= 7 for m in bodies)
     assert r.body == DATA and r.complete
@@ -686,7 +687,7 @@ async def test_chunked_reads(www):
 
 
 async def test_stops_when_client_disconnects(www):
-    app = StaticFiles(www, chunk_size=10)
+    app = StaticFiles(www, chunk_size=10, cache_entries=0)  # (the threaded-read path, never memory)
     calls = 0
 
     async def receive():
@@ -706,7 +707,7 @@ async def test_stops_when_client_disconnects(www):
 
 
 async def test_file_shrinking_mid_send_ends_early(www, monkeypatch):
-    app = StaticFiles(www, chunk_size=100)
+    app = StaticFiles(www, chunk_size=100, cache_entries=0)
     real_pread = os.pread
     monkeypatch.setattr(static_mod.os, "pread", lambda fd, n, off: b"" if off >= 300 else real_pread(fd, n, off))
     r = await call(app, "/data.bin")
