@@ -106,6 +106,7 @@ async def _start_web(ctx: UpContext) -> list[Server]:
     ctx.landing = DashboardApp(dash, token=ctx.dashboard_token, client_certs=ctx.dashboard_client_certs)
     ctx.web = WebServer(WebConfig(app=ctx.landing, limits=WEB_LIMITS))
     servers = [await ctx.web.start(ctx.listen("web", f"tcp://{ctx.host}:8080"))]
+    ctx.details["web"] = lambda: {"units": ctx.web.requests}  # requests answered
     await dash.start()
 
     async def stop_dashboard() -> None:

@@ -36,6 +36,7 @@ class WebServer:
         self.config = config
         self.lifespan = Lifespan(config.app, config.lifespan)
         self.server: Server | None = None
+        self.handler: HTTPHandler | None = None
 
     async def setup(self):
         """For socketkit.net.runner: start the lifespan, return the handler and the cleanup."""
@@ -45,6 +46,7 @@ class WebServer:
 
     async def start(self, listen: Sequence[str | Endpoint] = (DEFAULT_LISTEN,), **options: Any) -> Server:
         handler, _ = await self.setup()
+        self.handler = handler
         self.server = await start_server(offer_h2(listen, self.config.http2), handler,
                                          limits=self.config.limits, name="web", **options)
         return self.server
@@ -53,6 +55,11 @@ class WebServer:
         if self.server is not None:
             await self.server.aclose(drain)
         await self.lifespan.shutdown()
+
+    @property
+    def requests(self) -> int:
+        """Requests answered so far (HTTP/1.1, HTTP/2, files the server sent itself)."""
+        return self.handler.requests if self.handler is not None else 0
 
     async def __aenter__(self) -> WebServer:
         return self

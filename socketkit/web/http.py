@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
+from socketkit.dashboard.metrics import HISTOGRAMS
 from socketkit.errors import DeadlineError, PeerResetError
 from socketkit.net.stream import Stream
 from socketkit.net.stream import _SENT
@@ -36,6 +37,9 @@ _MAX_BLANK_READS = 4
 _new = object.__new__
 # The methods http1_fast accepts, decoded once (a dict lookup instead of a decode per request).
 _METHODS = {m: m.decode("ascii") for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS")}
+
+
+_observe = HISTOGRAMS["http_request"].observe  # the request-duration histogram of /metrics
 
 
 def _addr(addr: Any) -> tuple[str, int] | None:
@@ -64,6 +68,7 @@ class HTTPHandler:
         # before any ASGI scope is built (the same response its app would send; see StaticFiles).
         self.cached_response = getattr(self.app, "cached_response", None) if not self.root_path else None
         self.http2 = config.http2
+        self.requests = 0  # answered requests, every protocol: a status page's requests/s
 
     async def _h2(self, stream: Stream, scheme: str, server: Any, client: Any) -> bool:
         """Serve the connection over HTTP/2 if it speaks it: ALPN said h2 (TLS), or the client opened with
@@ -87,6 +92,8 @@ class HTTPHandler:
                 stream.unreceive(data)
                 return False
         from socketkit.web.http2 import serve_h2
+
+        stream.info = {"protocol": "http/2"}  # what the dashboard's sockets view shows
 
         base = {"type": "http", "asgi": _ASGI, "http_version": "2", "scheme": scheme, "method": "GET",
                 "path": "/", "raw_path": b"/", "query_string": b"", "root_path": self.root_path, "headers": [],
@@ -165,6 +172,8 @@ class HTTPHandler:
                     if event.upgrade is not None and event.upgrade == b"websocket":
                         from socketkit.web.websocket import serve_websocket
 
+                        stream.info = {"protocol": "websocket", "path": event.path[:200]}
+
                         base = {"type": "http", "asgi": _ASGI, "scheme": scheme, "server": server,
                                 "client": client, "root_path": root, "extensions": _EXTENSIONS}
                         await serve_websocket(self, stream, conn, event, base)
@@ -195,6 +204,7 @@ class HTTPHandler:
                                 finally:
                                     body.release()
                                 conn.end()
+                            self.requests += 1
                             if self.access_log:
                                 access_log.info(access_line(client, event.method.decode("ascii"), event.target,
                                                             event.http_version, 200, size, event.headers))
@@ -240,6 +250,7 @@ class HTTPHandler:
                     cycle.response_done = None
                     # The app runs right here, not in a coroutine of Cycle's: one frame less on the
                     # path every inline resumption walks.
+                    started = _time()
                     try:
                         await app(scope, cycle.receive, cycle.send)
                     except Exception as exc:  # noqa: BLE001 - the app's failure, reported by the cycle
@@ -250,6 +261,8 @@ class HTTPHandler:
                     finally:
                         if cycle.response_done is not None:
                             cycle.ended()
+                        self.requests += 1
+                        _observe(_time() - started)
                     if stream.closed:
                         return
                     events = conn.next_request()

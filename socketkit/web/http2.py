@@ -275,6 +275,7 @@ class H2Connection:
 
     async def _run(self, request: Request) -> None:
         handler = self.handler
+        handler.requests += 1
         try:
             await handler.app(request.scope, request.receive, request.send)
         except asyncio.CancelledError:
