@@ -1,6 +1,6 @@
 """Channel history in SQLite (WAL), the HistoryStore the chat core writes every channel message to.
 
-Writes are batched off the hot path: `append` only queues a row (no I/O, no encoding), and a writer
+Writes are batched off the hot path: `append` only queues a row (no I/O), and a writer
 thread commits whatever is queued in one transaction, BATCH_DELAY after the first row arrived (so at
 most 20 commits a second, however busy), with one multi-row INSERT per 140 rows (the sqlite3 module
 lets go of the GIL around each statement it steps: per-row statements would hand the GIL back and
@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import time as _time
 from collections import deque
+from itertools import chain
 from pathlib import Path
 
 from socketkit.chat.core_history import HistoryEntry
@@ -88,7 +89,7 @@ class SQLiteHistory:
     def append(self, target_folded: str, msgid: str, time: float, source: str, command: str, text: str,
                tags: dict[str, str] | None = None) -> None:
         queued = self._queued
-        queued.append((target_folded, msgid, time, source, command, text, tags))
+        queued.append((target_folded, msgid, time, source, command, text, json.dumps(tags) if tags else "{}"))
         n = len(queued)
         if n == 1:  # the writer empties the queue before it waits again: only the first row wakes it
             self._wake.set()
@@ -115,10 +116,7 @@ class SQLiteHistory:
         if not queued:
             return
         pop = queued.popleft
-        data = []
-        for _ in range(len(queued)):
-            t, m, when, src, cmd, text, tags = pop()
-            data.append((t, m, when, src, cmd, text, json.dumps(tags) if tags else "{}"))
+        data = [pop() for _ in range(len(queued))]  # rows as they are stored: nothing left to encode
         db = self._db
         db.execute("BEGIN")
         try:
@@ -127,7 +125,7 @@ class SQLiteHistory:
             # one for every row (a 5 ms switch interval each time the loop is busy).
             for i in range(0, len(data), _ROWS_PER_INSERT):
                 chunk = data[i:i + _ROWS_PER_INSERT]
-                db.execute(_INSERT_HEAD + ",".join([_ROW] * len(chunk)), [v for row in chunk for v in row])
+                db.execute(_INSERT_HEAD + ",".join([_ROW] * len(chunk)), list(chain.from_iterable(chunk)))
             before = self._appends
             self._appends += len(data)
             if self._appends // 1000 != before // 1000:  # trim now and then, not on every message

@@ -230,3 +230,58 @@ async def _sentinel_scenario(master: int, replica: int, sport: int) -> None:
         assert b"role:master" in redis_call(replica, "INFO", "replication")
         await alice.close()
         await bob.close()
+
+
+# -- several processes on one machine -----------------------------------------------------------------------
+@needs_redis
+def test_workers_share_the_port_and_the_channels(tmp_path: Path) -> None:
+    """`socketkit chat --workers 2 --backplane URL`: two processes accept on one port (SO_REUSEPORT), each a
+    node of the network; clients land on either and still share a channel."""
+    import signal
+    import socket
+
+    from helpers import Spawned, cli_env, listening_url
+
+    from socketkit.net.endpoint import parse
+
+    with redis_server() as rport:
+        env = cli_env(SOCKETKIT_DATA=str(tmp_path / "data"))
+        with Spawned("chat", "--listen", "tcp://127.0.0.1:0", "--data", str(tmp_path / "chat"), "--workers", "2",
+                     "--backplane", f"redis://127.0.0.1:{rport}?{FAST}", env=env) as proc:
+            port = parse(listening_url(proc)).port
+            wait_for_nodes = time.monotonic() + WAIT
+            while len(redis_call(rport, "SMEMBERS", "socketkit:chat:socketkit:nodes")) < 2:
+                assert time.monotonic() < wait_for_nodes, "two nodes in redis"
+                time.sleep(0.02)
+            socks = []
+            try:
+                for i in range(8):
+                    s = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+                    s.sendall(f"NICK w{i}\r\nUSER w{i} 0 * :w\r\nJOIN #w\r\n".encode())
+                    socks.append(s)
+                got = [b""] * len(socks)
+                for i, s in enumerate(socks):
+                    while b" 366 " not in got[i]:
+                        got[i] += s.recv(65536)
+                # everyone sees everyone in #w, whichever process holds them
+                deadline = time.monotonic() + WAIT
+                while True:
+                    socks[0].sendall(b"NAMES #w\r\n")
+                    names = b""
+                    while b" 366 " not in names:
+                        names += socks[0].recv(65536)
+                    if all(f"w{i}".encode() in names for i in range(8)):
+                        break
+                    assert time.monotonic() < deadline, names
+                    time.sleep(0.05)
+                socks[0].sendall(b"PRIVMSG #w :to every worker\r\n")
+                for i, s in enumerate(socks[1:], 1):
+                    buf = b""
+                    while b"to every worker" not in buf:
+                        buf += s.recv(65536)
+            finally:
+                for s in socks:
+                    s.close()
+                proc.signal(signal.SIGTERM)
+                code, _, err = proc.wait(timeout=10)
+            assert code == 0, err.decode(errors="replace")

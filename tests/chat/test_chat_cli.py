@@ -160,3 +160,55 @@ def test_chat_web_page_has_a_csp(tmp_path: Path):
         proc.signal(signal.SIGTERM)
         code, _, err = proc.wait(timeout=10)
         assert code == 0, err.decode(errors="replace")
+
+
+def test_flood_flags_set_the_limits(tmp_path: Path):
+    """--flood-burst/--flood-rate as an operator sets them: 40 lines at once all go through at once with a
+    burst of 40, where the default (10) would hold 30 of them back."""
+    with spawn_chat(tmp_path, "--flood-burst", "40", "--flood-rate", "20", "--flood-queue", "100") as proc:
+        port = parse(listening_url(proc)).port
+        c = LineClient(port)
+        try:
+            c.send("NICK burst", "USER burst 0 * :burst")
+            c.until(b" 376 ")
+            start = time.monotonic()
+            c.send(*[f"PING :n{i}" for i in range(38)])
+            c.until(b"PONG irc.socketkit.local :n37")
+            assert time.monotonic() - start < 0.5  # no fake lag: the burst took them all
+        finally:
+            c.close()
+            proc.signal(signal.SIGTERM)
+            proc.wait(timeout=10)
+
+
+def test_flood_exempt_network_skips_flood_control(tmp_path: Path):
+    with spawn_chat(tmp_path, "--flood-exempt", "127.0.0.0/8", "--flood-queue", "5") as proc:
+        port = parse(listening_url(proc)).port
+        c = LineClient(port)
+        try:
+            c.send("NICK bridge", "USER bridge 0 * :bridge")
+            c.until(b" 376 ")
+            c.send(*[f"PING :n{i}" for i in range(200)])  # far past burst + queue: no Excess Flood
+            c.until(b"PONG irc.socketkit.local :n199")
+        finally:
+            c.close()
+            proc.signal(signal.SIGTERM)
+            proc.wait(timeout=10)
+
+
+def test_bad_flood_and_backplane_flags_are_one_line(tmp_path: Path):
+    from helpers import run_cli
+
+    env = cli_env(SOCKETKIT_DATA=str(tmp_path / "data"))
+    for args, message in [
+        (["--flood-rate", "0"], b"--flood-rate must be a positive number"),
+        (["--flood-burst", "0"], b"--flood-burst must be a whole number >= 1"),
+        (["--flood-exempt", "10.0.0/8"], b"--flood-exempt: '10.0.0/8' is not an address or CIDR"),
+        (["--backplane", "http://x"], b"expected redis://HOST:PORT"),
+        (["--backplane-sentinel", "127.0.0.1:26379"], b"--backplane-sentinel needs --backplane"),
+        (["--workers", "2"], b"--workers needs --backplane"),
+    ]:
+        done = run_cli("chat", "--listen", "tcp://127.0.0.1:0", "--data", str(tmp_path / "chat"), *args, env=env)
+        assert done.returncode != 0, args
+        err = done.stderr.strip()
+        assert message in err and b"Traceback" not in err and err.count(b"\n") == 0, (args, err)
