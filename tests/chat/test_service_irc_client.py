@@ -245,3 +245,49 @@ async def test_irc_package_sasl_over_tls(data_dir, tmp_path):  # noqa: F811 - th
                 await bad.close()
     finally:
         store.close()
+
+
+# -- IRCv3 through the irc package ------------------------------------------------------------------------
+def tags_of(event: Any) -> dict[str, Any]:
+    return {t["key"]: t["value"] for t in (event.tags or [])}
+
+
+async def test_irc_package_sees_tags_whox_monitor_and_labels():
+    async with chat_service() as svc:
+        alice, arec = await aio_client(port_of(svc), "alice")
+        bot, brec = await aio_client(port_of(svc), "helper")
+        try:
+            alice.cap("REQ", "server-time", "message-tags", "labeled-response", "batch")
+            await arec.wait("cap", lambda e: "ACK" in e.arguments)
+            bot.mode("helper", "+B")
+            await brec.wait("umode", lambda e: e.arguments == ["+B"])
+            for conn, rec in ((alice, arec), (bot, brec)):
+                conn.join("#v3")
+                await rec.wait("endofnames")
+            bot.privmsg("#v3", "beep boop")
+            said = await arec.wait("pubmsg", lambda e: e.source.nick == "helper")
+            tags = tags_of(said)
+            assert said.arguments == ["beep boop"] and tags["time"].endswith("Z") and tags["msgid"]
+            assert "bot" in tags  # IRCv3 bot mode: messages from a +B user carry the bot tag
+
+            alice.send_raw("WHO #v3 %tcnaf,42")
+            await wait_for(lambda: len([e for e in arec.events if e.type == "whospcrpl"]) == 2)
+            rows = sorted(e.arguments for e in arec.events if e.type == "whospcrpl")
+            assert rows == [["42", "#v3", "alice", "H@", "0"], ["42", "#v3", "helper", "HB", "0"]]  # t c n f a
+
+            alice.send_raw("MONITOR + carol")
+            assert (await arec.wait(code("731"))).arguments == ["carol"]
+            carol, crec = await aio_client(port_of(svc), "carol")
+            try:
+                online = await arec.wait(code("730"))
+                assert online.arguments == ["carol!~carol@127.0.0.1"]
+            finally:
+                carol.disconnect()
+
+            alice.send_raw("@label=L1 PING :labelled")
+            pong = await arec.wait("pong", lambda e: tags_of(e).get("label") == "L1")
+            assert pong.arguments[-1] == "labelled"
+        finally:
+            for conn in (alice, bot):
+                if conn.connected:
+                    conn.disconnect()
