@@ -56,7 +56,6 @@ from _common import (  # noqa: E402
     median,
     note,
     python_version,
-    ratio_line,
     run_main,
     run_options,
     server_process,
@@ -367,9 +366,15 @@ def describe_run(name: str, run: Run, args: argparse.Namespace) -> list[str]:
 class Summary:
     rate: float
     lost: int
+    expected: int
     p99: float | None
     kib: float | None
     problems: Counter[str]
+
+    @property
+    def share(self) -> float:
+        """The part of the expected deliveries that arrived (1.0: everything sent reached every member)."""
+        return (1.0 - self.lost / self.expected) if self.expected else 0.0
 
 
 def summarize(runs: list[Run]) -> Summary:
@@ -379,6 +384,7 @@ def summarize(runs: list[Run]) -> Summary:
     return Summary(
         rate=median([r.delivered_rate for r in runs]),
         lost=sum(r.load.lost for r in runs),
+        expected=sum(r.load.expected for r in runs),
         p99=med([r.p99_ms for r in runs]),
         kib=med([r.kib_joined for r in runs]),
         problems=problems,
@@ -394,8 +400,14 @@ def comparison_lines(at: str, ours: Summary | None, peer: Summary | None) -> lis
     notes = [f"{who} {describe_counts(s.problems)}" for who, s in (("ours", ours), ("peer", peer)) if s and s.problems]
     suffix = f" (errors: {'; '.join(notes)})" if notes else ""
 
-    rate_line = ratio_line(at, f"{PEER} delivered msgs/s", ours.rate if ours else None, peer.rate if peer else None)
-    ratio = ours.rate / peer.rate if ours and peer and peer.rate else None
+    # Delivered: the share of the expected deliveries that arrived (rates differ by the few lines a run
+    # sends more or less at the edges of its window; what counts is that nothing was lost).
+    def share(s: Summary | None) -> str:
+        return "FAILED" if s is None else f"{s.share:.2%} of {s.expected:,} ({fmt(s.rate)}/s)"
+
+    ratio = ours.share / peer.share if ours and peer and peer.share else None
+    rate_line = (f"{at} {PEER} delivered: ours {share(ours)}, peer {share(peer)}, "
+                 f"ratio {f'{ratio:.4f}' if ratio is not None else 'n/a'}")
     rate_line += target_verdict(ratio, 1.0, why_na=why_na) + suffix
 
     def at_most(what: str, a: float | None, b: float | None, unit: str, show) -> str:
