@@ -155,9 +155,49 @@ async def _start_chat(ctx: UpContext) -> list[Server]:
     chat = ChatService(ChatConfig(data_dir=data_dir() / "chat"))
     servers = await chat.start(ctx.overrides.get("chat") or [f"tcp://{ctx.host}:6667", f"tls://{ctx.host}:6697"])
     ctx.closers.append(chat.aclose)
+    from socketkit.dashboard.events import emit
+
+    chat.core.observer = lambda kind, **fields: emit(kind, service="chat", **fields)
+    ctx.details["chat"] = lambda: {"units": chat.core.lines, "users": len(chat.core.nicks),
+                                   "channels": len(chat.core.channels)}
+    ctx.connections["chat"] = lambda: _chat_connections(chat)
+    ctx.closers_by_id["chat"] = lambda conn_id: _close_chat(chat, conn_id)
     if ctx.landing is not None:
         ctx.landing.mount("/chat", ChatWebApp(chat), "Chat (the same channels as IRC clients)")
     return servers
+
+
+def _chat_connections(chat: Any) -> list[dict[str, Any]]:
+    """IRC connections are callback connections (no Stream): the sockets view reads them here."""
+    import time
+
+    now = time.time()
+    rows = []
+    for server in chat.servers:
+        for conn in server.connections:
+            c = conn.client
+            if c is None:
+                continue
+            peer = conn.peer
+            info = {"nick": c.nick or "(registering)", "channels": len(c.channels)}
+            if c.account:
+                info["account"] = c.account
+            if conn.write_buffer_size:
+                info["queued"] = conn.write_buffer_size
+            rows.append({"id": c.cid, "peer": f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer),
+                         "local": "", "protocol": "irc over tls" if conn.tls else "irc over tcp",
+                         "age": round(now - c.connected, 1), "bytes_in": 0, "bytes_out": 0,
+                         "idle": round(now - c.last_active, 1) if c.last_active else 0.0, "info": info})
+    return rows
+
+
+def _close_chat(chat: Any, conn_id: Any) -> bool:
+    for server in chat.servers:
+        for conn in server.connections:
+            if conn.client is not None and conn.client.cid == conn_id:
+                conn.close()
+                return True
+    return False
 
 
 SERVICES.append(Service("chat", "IRC server (6667, TLS 6697); browsers: the chat page", _start_chat))

@@ -155,6 +155,10 @@ class ChatCore:
         self.caps = core_cap.available_caps(self)
         self.queue_output = queue_output
         self.utf8_only = utf8_only
+        self.lines = 0                     # lines received from clients (a status page's messages/s)
+        # Told of what a status page shows as it happens (a channel made, a join, a flood cut): the service
+        # sets it (socketkit up: the dashboard's event log); None costs nothing.
+        self.observer: Callable[..., None] | None = None
         self.pending: list[Client] = []    # clients with lines in `out`, each listed once
         self._out: list[Out] = []          # the other items, in order
         self._msgid_prefix = secrets.token_urlsafe(6)
@@ -199,6 +203,7 @@ class ChatCore:
         path (it collects the output once per read). A closed client's lines are ignored."""
         if c.closed:
             return
+        self.lines += 1
         now = self.clock()
         c.last_active = now
         c.ping_sent = None  # any line proves the client alive
@@ -234,6 +239,9 @@ class ChatCore:
                 c.tokens -= 1.0
                 self._handle(c, item)
             elif c.queue is not None and len(c.queue) >= self.limits.flood_queue:
+                if self.observer is not None:
+                    self.observer("flood: disconnected", nick=c.nick or "*", host=c.host,
+                                  limit=f"flood_queue={self.limits.flood_queue}")
                 self.drop(c, "Excess Flood")
             else:
                 if c.queue is None:

@@ -121,6 +121,8 @@ def join_one(core: ChatCore, c: Client, name: str, key: str | None) -> bool:
         ch.invites.discard(c.folded or "")
     ch.members[c] = "o" if created else ""
     c.channels[folded] = ch
+    if core.observer is not None:
+        core.observer("channel created" if created else "joined", channel=ch.name, nick=c.nick or "*")
     relay_join(core, list(ch.members), c, ch)
     if core.federated:
         core.emit("join", c, channel=ch.name, modes=ch.members[c], created=ch.created)

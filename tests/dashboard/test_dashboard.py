@@ -103,7 +103,11 @@ async def test_the_dashboard_follows_load_into_every_service(tmp_path):
             envelopes = [c["info"].get("envelope", "") for c in sockets["mail"]["connections"]]
             assert "<carol@example.org> to <dave@example.org>" in envelopes
             chat_conns = sockets["chat"]["connections"]
-            assert len(chat_conns) == 1 and chat_conns[0]["bytes_in"] > 0 and chat_conns[0]["age"] >= 0
+            assert len(chat_conns) == 1 and chat_conns[0]["info"]["nick"] == "dashwatcher"
+            assert chat_conns[0]["info"]["channels"] == 1 and chat_conns[0]["age"] >= 0
+            events = (await web.get("/api/events")).json()["events"]
+            assert any(e["kind"] == "channel created" and e["channel"] == "#ops" and e["nick"] == "dashwatcher"
+                       for e in events)
 
             # the operator closes the IRC connection: the client sees the end
             closed = await web.post("/api/close", json={"service": "chat", "id": chat_conns[0]["id"]})
@@ -118,6 +122,10 @@ async def test_the_dashboard_follows_load_into_every_service(tmp_path):
             status = (await web.get("/api/status")).json()
             mail_row = next(s for s in status["services"] if s["name"] == "mail")
             assert mail_row["units"] >= 3
+            chat_row = next(s for s in status["services"] if s["name"] == "chat")
+            assert chat_row["units"] >= 4 and chat_row["details"]["channels"] == 0  # the last member left
+            web_row = next(s for s in status["services"] if s["name"] == "web")
+            assert web_row["units"] >= 5  # our own API requests
             assert {p["href"] for p in status["pages"]} >= {"mail/", "chat/"}
         finally:
             await asyncio.to_thread(smtp.close)
