@@ -26,6 +26,7 @@ share of the connections.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,13 +164,31 @@ def ngircd_argv(port: int, tmp: Path, flood: Flood) -> list[str]:
     return [ngircd, "-n", "-f", str(conf)]  # -n: stay in the foreground, in our process group
 
 
-def server_argv(name: str, port: int, tmp: Path, flood: Flood) -> list[str]:
+def server_argv(name: str, port: int, tmp: Path, flood: Flood, workers: int = 1, redis_port: int = 0) -> list[str]:
     if name == OURS:
         # History on (the default), in a fresh directory of its own: never the user's data directory.
         data = tempfile.mkdtemp(prefix=f"socketkit-{port}-", dir=tmp)
-        return [sys.executable, "-m", "socketkit", "chat", "--listen", f"tcp://{HOST}:{port}", "--data", data,
+        argv = [sys.executable, "-m", "socketkit", "chat", "--listen", f"tcp://{HOST}:{port}", "--data", data,
                 *flood.ours]
+        if workers > 1:
+            argv += ["--workers", str(workers), "--backplane", f"redis://{HOST}:{redis_port}"]
+        return argv
     return ngircd_argv(port, tmp, flood)
+
+
+@contextlib.contextmanager
+def redis_for(args: argparse.Namespace, name: str) -> Iterator[int]:
+    """A redis-server on a free port for `--workers` (our server only); yields its port (0: none needed)."""
+    if name != OURS or args.workers <= 1:
+        yield 0
+        return
+    redis = shutil.which("redis-server")
+    if redis is None:
+        raise BenchError("--workers needs redis-server (Debian: redis-server) for the backplane")
+    port = free_port()
+    with server_process([redis, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"], port,
+                        name="redis-server", ready_timeout=READY_TIMEOUT):
+        yield port
 
 
 def ngircd_version() -> str:
@@ -241,8 +261,11 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, seed: int, tag: str,
     port = free_port()
     each = total / args.clients
     line_bytes = Plan(0, args.clients, args.channels, each, args.seconds, 0, tag, 0, 0).line_bytes()
-    argv = server_argv(name, port, tmp, flood_for(each, line_bytes))
-    with server_process(argv, port, name=name, ready_timeout=READY_TIMEOUT) as child:
+    with redis_for(args, name) as redis_port, \
+            server_process(server_argv(name, port, tmp, flood_for(each, line_bytes), args.workers, redis_port), port,
+                           name=name, ready_timeout=READY_TIMEOUT) as child:
+        if redis_port:
+            time.sleep(1.0)  # every worker joined the network (the port answers as soon as one listens)
         time.sleep(SETTLE)
         marks: dict[str, float | int | None] = {"rss0": group_rss_kib(child.pid)}
 
@@ -449,6 +472,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=30.0,
         help="deadline for all clients to register and join (default 30)",
     )
+    p.add_argument("--workers", type=int, default=1,
+                   help="run socketkit as this many processes joined by a Redis backplane (started here)")
     p.add_argument("--find-max", action="store_true",
                    help="then raise the rate for each server until it loses deliveries or p99 passes --max-p99")
     p.add_argument("--max-p99", type=float, default=100.0, metavar="MS", help="--find-max's latency bound (default 100)")

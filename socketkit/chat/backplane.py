@@ -89,6 +89,8 @@ class Backplane:
         self.seen: dict[str, tuple[float, float]] = {}  # node -> (last heard, its ttl)
         self.dropped = 0
         self._batch: list[tuple[Any, ...]] = []
+        self._events: list[dict[str, Any]] = []   # this loop iteration's events, published together
+        self._send_scheduled = False
         self._claims: list[tuple[Any, str]] = []
         self._last_drop_log = 0.0
         self._resyncing: dict[str, float] = {}
@@ -128,7 +130,7 @@ class Backplane:
         conn = self.conn
         if conn is not None:
             try:
-                self.after_dispatch([])
+                self._send_now()
                 conn.send_many([("PUBLISH", self.k_events, self._wire({"k": "bye"})),
                                 ("DEL", self.k_users(self.node), self.k_chans(self.node), self.k_node(self.node)),
                                 ("SREM", self.k_nodes, self.node)])
@@ -180,8 +182,9 @@ class Backplane:
         from redis.exceptions import ResponseError
 
         client = make_client(self.target, timeout=self.connect_timeout)
-        pubsub = client.pubsub()
-        conn = _Conn(client, pubsub, self._on_push)
+        sub_client = make_client(self.target, timeout=self.connect_timeout, read_timeout=None)
+        pubsub = sub_client.pubsub()
+        conn = _Conn(client, pubsub, self._on_push, sub_client)
         tasks: list[asyncio.Task[None]] = []
         try:
             try:
@@ -370,8 +373,17 @@ class Backplane:
         if node == self.node:
             return
         self.seen[node] = (time.monotonic(), float(ev.get("ttl") or self.seen.get(node, (0, self.ttl))[1]))
+        if kind == "batch":
+            for one in ev.get("e") if isinstance(ev.get("e"), list) else ():
+                if isinstance(one, dict) and isinstance(one.get("k"), str) and one["k"] not in ("batch", "hb"):
+                    one["n"] = node
+                    self._apply(node, one["k"], one)
+            return
         if kind == "hb":
             return
+        self._apply(node, kind, ev)
+
+    def _apply(self, node: str, kind: str, ev: dict[str, Any]) -> None:
         core = self.core
         try:
             if kind == "bye":
@@ -431,22 +443,36 @@ class Backplane:
                 self.dirty_channels.add(fold(str(item.data["channel"])))
             for name in item.data.get("channels") or ():
                 self.dirty_channels.add(fold(str(name)))
-        self._batch.append(("PUBLISH", self.k_events, self._wire(data)))
+        self._events.append(data)
 
     def after_dispatch(self, out: Any) -> None:
+        """Something may need writing: done once, at the end of this loop iteration, for everything the
+        iteration produced (one PUBLISH carries all its events)."""
+        if self._send_scheduled or not (self._batch or self._events or self._claims or self.dirty
+                                        or self.dirty_channels):
+            return
+        self._send_scheduled = True
+        asyncio.get_running_loop().call_soon(self._send_now)
+
+    def _send_now(self) -> None:
+        self._send_scheduled = False
+        events, self._events = self._events, []
+        if events:
+            # One event alone as it is; several as one "batch" message (the receivers unpack it in order).
+            data = events[0] if len(events) == 1 else {"k": "batch", "e": events}
+            self._batch.append(("PUBLISH", self.k_events, self._wire(data)))
         batch, claims = self._batch, self._claims
         if not batch and not claims and not self.dirty and not self.dirty_channels:
             return
         conn = self.conn
         if conn is None:
-            self.dropped += sum(1 for cmd in batch if cmd[0] == "PUBLISH")
+            self.dropped += len(events)
             self._batch, self._claims = [], []
             self.dirty.clear()  # rewritten in full by the next sync
             self.dirty_channels.clear()
             return
         if conn.pending > self.max_pending:
-            lost = sum(1 for cmd in batch if cmd[0] == "PUBLISH")
-            self.dropped += lost
+            self.dropped += len(events)
             now = time.monotonic()
             if now - self._last_drop_log > 5.0:
                 self._last_drop_log = now

@@ -134,14 +134,17 @@ def parse_url(url: str, sentinels: list[str] | None = None) -> Target:
     return target
 
 
-def make_client(target: Target, *, timeout: float) -> Any:
+def make_client(target: Target, *, timeout: float, read_timeout: float | None = -1.0) -> Any:
     """A redis-py asyncio client for one session: RESP3, no retries of its own (the backplane reconnects
-    and resynchronizes), bounded waits."""
+    and resynchronizes), bounded waits. `read_timeout=None` for the subscription's client: it waits for
+    messages as long as it takes (the backplane's own heartbeat notices a dead link), and a read costs
+    no timer per message."""
     from redis.asyncio import Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
-    options: dict[str, Any] = {"protocol": 3, "socket_connect_timeout": timeout, "socket_timeout": timeout,
+    options: dict[str, Any] = {"protocol": 3, "socket_connect_timeout": timeout,
+                               "socket_timeout": timeout if read_timeout == -1.0 else read_timeout,
                                "retry": Retry(NoBackoff(), 0), "username": target.username,
                                "password": target.password, "db": target.db or 0,
                                "health_check_interval": 0}
@@ -175,8 +178,9 @@ class _Conn:
     """One session's commands and subscription. `send` never waits: the writer task sends whatever is
     queued, in order, a pipeline at a time; callbacks see the answers in the order they were sent."""
 
-    def __init__(self, client: Any, pubsub: Any, on_push: Callable[[list[Any]], None]) -> None:
+    def __init__(self, client: Any, pubsub: Any, on_push: Callable[[list[Any]], None], sub_client: Any = None) -> None:
         self.client = client
+        self.sub_client = sub_client
         self.pubsub = pubsub
         self.on_push = on_push
         self.queue: deque[tuple[tuple[Any, ...], Callable[[Any], None] | None]] = deque()
@@ -244,7 +248,7 @@ class _Conn:
     async def read_loop(self) -> None:
         """Hand every pub/sub message to `on_push` as [b"message", channel, data]."""
         while True:
-            msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
             if msg is None:
                 continue
             self.last_reply = time.monotonic()
@@ -252,7 +256,10 @@ class _Conn:
                 self.on_push([b"message", msg.get("channel"), msg.get("data")])
 
     async def close(self) -> None:
-        for closer in (self.pubsub.aclose, self.client.aclose):
+        closers = [self.pubsub.aclose, self.client.aclose]
+        if self.sub_client is not None:
+            closers.append(self.sub_client.aclose)
+        for closer in closers:
             try:
                 await asyncio.wait_for(closer(), 2.0)
             except Exception:  # noqa: BLE001 - closing a link that may be broken already
