@@ -579,15 +579,15 @@ def main(argv: list[str] | None = None) -> int:
             at = label(total)
             note(f"{at}: {per_client:g} lines/s per client of {line_bytes} bytes; "
                  f"{flood_for(per_client, line_bytes).describe()}")
-            seed = 0
+            state = {"seed": 0}
 
-            def new_round() -> None:
-                nonlocal seed
-                seed = rng.randrange(1 << 30)  # one schedule per round, shared by every server
+            def new_round(state: dict[str, int] = state) -> None:
+                state["seed"] = rng.randrange(1 << 30)  # one schedule per round, shared by every server
 
-            runs, failed = interleave(args.names, args.repeat,
-                                      lambda name: measure(name, args, Path(tmp), seed, random_tag(rng), total),
-                                      before_round=new_round)
+            def one(name: str, state: dict[str, int] = state, total: float = total) -> Run:
+                return measure(name, args, Path(tmp), state["seed"], random_tag(rng), total)
+
+            runs, failed = interleave(args.names, args.repeat, one, before_round=new_round)
             summaries: dict[str, Summary | None] = {}
             for name in args.names:
                 if name in failed:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from socketkit.chat import core_monitor
+from socketkit.chat.core_channels import relay_join
 from socketkit.chat.core_info import notify_away
 from socketkit.chat.core_remote_channels import (
     TS_SLACK,
@@ -24,8 +26,6 @@ from socketkit.chat.core_remote_channels import (
     lose_ts,
     resolve,
 )
-from socketkit.chat import core_monitor
-from socketkit.chat.core_channels import relay_join
 from socketkit.chat.core_state import DISCARD, Channel, Client, Out
 
 if TYPE_CHECKING:

@@ -178,7 +178,7 @@ class ChatService:
         # Tell every client why and close it; the outlets go first, so the QUITs the core relays while
         # forgetting them are not written to sockets that are closing anyway.
         outlets, self.outlets = self.outlets, {}
-        for cid, outlet in outlets.items():
+        for outlet in outlets.values():
             client = outlet.client
             host = client.host if client is not None else "*"
             if client is not None:

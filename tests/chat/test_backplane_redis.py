@@ -275,7 +275,7 @@ def test_workers_share_the_port_and_the_channels(tmp_path: Path) -> None:
                     assert time.monotonic() < deadline, names
                     time.sleep(0.05)
                 socks[0].sendall(b"PRIVMSG #w :to every worker\r\n")
-                for i, s in enumerate(socks[1:], 1):
+                for s in socks[1:]:
                     buf = b""
                     while b"to every worker" not in buf:
                         buf += s.recv(65536)

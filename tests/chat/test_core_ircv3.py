@@ -383,13 +383,13 @@ def test_client_tag_limit_is_4094_bytes_of_tag_data():
     net = Net()
     room(net, "#t", "alice", caps="message-tags echo-message")
     room(net, "#t", "bob", caps="message-tags")
-    at_limit = "@foo=bar;+baz=%s TAGMSG #t" % ("a" * 4081,)
+    at_limit = "@foo=bar;+baz={} TAGMSG #t".format("a" * 4081)
     assert at_limit.index("TAGMSG") == 4096  # '@' + 4094 octets of tags + ' '
     net.send("alice", at_limit)
     (relayed,) = net.msgs("bob")
     assert relayed.tags["+baz"] == "a" * 4081 and "foo" not in relayed.tags  # server tags from a client: dropped
     net.clear()
-    net.send("alice", "@foo=bar;+baz=%s TAGMSG #t" % ("a" * 4082,))
+    net.send("alice", "@foo=bar;+baz={} TAGMSG #t".format("a" * 4082))
     assert net.codes("alice") == ["417"] and net.msgs("bob") == []
 
 

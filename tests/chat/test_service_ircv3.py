@@ -71,8 +71,8 @@ async def test_two_kicks_in_one_command_and_tag_length():
         assert [k.params for k in kicks] == [["#chan", "bar", "bye"], ["#chan", "baz", "bye"]]
         await foo.send("CAP REQ :message-tags")
         await foo.expect("CAP")
-        await foo.send("@+baz=%s TAGMSG #chan" % ("a" * 4089,))  # '@' + 4094 octets + ' ': at the limit
-        await foo.send("@+baz=%s TAGMSG #chan" % ("a" * 4090,))
+        await foo.send("@+baz={} TAGMSG #chan".format("a" * 4089))  # '@' + 4094 octets + ' ': at the limit
+        await foo.send("@+baz={} TAGMSG #chan".format("a" * 4090))
         too_long = await foo.numeric("417")
         assert too_long.params[-1] == "Input line was too long"
 
