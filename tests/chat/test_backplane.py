@@ -10,6 +10,7 @@ import logging
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +24,12 @@ from socketkit.proto.irc import Message, parse
 
 WAIT = 5.0
 REDIS = shutil.which("redis-server") or ("/usr/bin/redis-server" if shutil.which("/usr/bin/redis-server") else None)
+
+
+def redis_dir() -> str:
+    """A scratch directory for one redis-server: it writes dump.rdb (a replica's full sync does even with
+    --save "") into its working directory, which must never be the checkout nor shared with another server."""
+    return tempfile.mkdtemp(prefix="socketkit-redis-")
 
 
 # -- a redis-server per module --------------------------------------------------------------------------
@@ -57,7 +64,8 @@ class Redis:
         assert REDIS is not None
         self.proc = subprocess.Popen(
             [REDIS, "--save", "", "--appendonly", "no", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--protected-mode", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--protected-mode", "no", "--dir", (where := redis_dir())], cwd=where,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + WAIT
         while True:
             try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from helpers import wait_for
-from test_backplane import REDIS, WAIT, Client, _free_port, join, nodes, redis_call
+from test_backplane import REDIS, WAIT, Client, _free_port, join, nodes, redis_call, redis_dir
 
 from socketkit.chat.redis_link import BackplaneError, parse_url
 from socketkit.chat.server import ChatConfig, ChatService
@@ -56,7 +56,7 @@ def redis_server(*args: str, port: int | None = None, check: Any = None, tls: bo
     port = port or _free_port()
     where = ("--port", "0", "--tls-port", str(port)) if tls else ("--port", str(port))
     proc = subprocess.Popen([REDIS, "--save", "", "--appendonly", "no", "--bind", "127.0.0.1",
-                             "--protected-mode", "no", *where, *args],
+                             "--protected-mode", "no", "--dir", (scratch := redis_dir()), *where, *args], cwd=scratch,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + WAIT
@@ -162,7 +162,8 @@ def sentinel(master_port: int, tmp_path: Path) -> Iterator[int]:
     conf.write_text(f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {tmp_path}\n"
                     f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
                     "sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 3000\n")
-    proc = subprocess.Popen([REDIS, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([REDIS, str(conf), "--sentinel"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + WAIT
         while True:
