@@ -118,7 +118,7 @@ async def _start_web(ctx: UpContext) -> list[Server]:
 
 
 SERVICES: list[Service] = [
-    Service("web", "web server: this landing page, and the pages of the services below", _start_web),
+    Service("web", "web server: the dashboard, and the pages of the services below", _start_web),
     Service("echo", "echo service (RFC 862 style): what you send comes back", _start_echo),
 ]
 
