@@ -184,11 +184,17 @@ def _chat_connections(chat: Any) -> list[dict[str, Any]]:
                 info["account"] = c.account
             if conn.write_buffer_size:
                 info["queued"] = conn.write_buffer_size
-            rows.append({"id": c.cid, "peer": f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer),
-                         "local": "", "protocol": "irc over tls" if conn.tls else "irc over tcp",
-                         "age": round(now - c.connected, 1), "bytes_in": 0, "bytes_out": 0,
+            rows.append({"id": c.cid, "peer": _address(peer), "local": _address(conn.local),
+                         "protocol": "irc over tls" if conn.tls else "irc over tcp",
+                         "age": round(now - c.connected, 1), "bytes_in": conn.bytes_in, "bytes_out": conn.bytes_out,
                          "idle": round(now - c.last_active, 1) if c.last_active else 0.0, "info": info})
     return rows
+
+
+def _address(addr: Any) -> str:
+    if isinstance(addr, tuple):
+        return f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
+    return str(addr or "")
 
 
 def _close_chat(chat: Any, conn_id: Any) -> bool:
@@ -249,11 +255,17 @@ async def _start_remote(ctx: UpContext) -> list[Server]:
 
     def connections() -> list[dict[str, Any]]:
         rows = []
+        states = {st.id: st for st in list(remote._conns)}
         for s in remote.sessions():
             key = s.get("cert_id") or s.get("fingerprint") or ""
-            rows.append({"id": s["conn"], "peer": s["peer"], "local": "", "protocol": f"ssh {s['kind']}",
+            st = states.get(s["conn"])
+            rows.append({"id": s["conn"], "peer": s["peer"],
+                         "local": f"{st.local_ip}:{st.local_port}" if st is not None else "",
+                         "protocol": f"ssh {s['kind']}",
                          "age": round(now() - s["started"], 1) if isinstance(s.get("started"), (int, float)) else 0,
-                         "bytes_in": 0, "bytes_out": 0, "idle": 0,
+                         "bytes_in": st.bytes_in if st is not None else 0,
+                         "bytes_out": st.bytes_out if st is not None else 0,
+                         "idle": round(time.monotonic() - st.last_active, 1) if st is not None else 0,
                          "info": {k: v for k, v in (("user", s.get("user")), ("key", key),
                                                     ("command", s.get("command"))) if v}})
         return rows

@@ -165,7 +165,10 @@ class DashboardApp:
                 break
         try:
             req = json.loads(body)
-            done = self.dash.close(str(req["service"]), int(req["id"]))
+            conn_id = req["id"]  # as /api/sockets gave it: a number, or a string (remote's connection ids)
+            if isinstance(conn_id, bool) or not isinstance(conn_id, (int, str)) or len(str(conn_id)) > 64:
+                raise TypeError(conn_id)
+            done = self.dash.close(str(req["service"]), conn_id)
         except (ValueError, KeyError, TypeError):
             await _respond(send, 400, "text/plain; charset=utf-8", b"want {\"service\": NAME, \"id\": N}\n")
             return

@@ -94,7 +94,7 @@ class Dashboard:
         now = asyncio.get_running_loop().time()
         return [service_sockets(r, now, self.watch) for r in self.runnings() if service in (None, r.name)]
 
-    def close(self, service: str, conn_id: int) -> bool:
+    def close(self, service: str, conn_id: int | str) -> bool:
         done = close_connection(self.runnings(), service, conn_id)
         if done:
             self.events.emit("connection closed by the operator", service=service, connection=conn_id)

@@ -105,7 +105,7 @@ def service_sockets(running: Any, now: float, watch: SocketWatch) -> dict[str, A
             "connections": conns}
 
 
-def close_connection(runnings: list[Any], service: str, conn_id: int) -> bool:
+def close_connection(runnings: list[Any], service: str, conn_id: int | str) -> bool:
     """Close one connection the operator picked; True if it was found."""
     for running in runnings:
         if running.name != service:

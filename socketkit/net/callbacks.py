@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +31,7 @@ from typing import Any
 from socketkit.errors import ListenError
 from socketkit.net.endpoint import Endpoint, parse
 from socketkit.net.limits import Limits
-from socketkit.net.server import Stats, _remove_stale_socket
+from socketkit.net.server import Stats, _remove_stale_socket, adopt_listener, listen_on
 
 log = logging.getLogger("socketkit.server")
 
@@ -40,12 +39,14 @@ log = logging.getLogger("socketkit.server")
 class Connection(asyncio.Protocol):
     """One accepted connection. Subclass it and override `opened`, `received` and `lost`."""
 
-    __slots__ = ("transport", "server", "_abort_timer")
+    __slots__ = ("transport", "server", "_abort_timer", "bytes_in", "bytes_out")
 
     def __init__(self, server: CallbackServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
+        self.bytes_in = 0   # this connection's own counts (the server keeps the totals)
+        self.bytes_out = 0
 
     # -- for subclasses -------------------------------------------------------------------------
     def opened(self) -> None:
@@ -61,6 +62,7 @@ class Connection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
+            self.bytes_out += len(data)
             self.server.bytes_out += len(data)
             transport.write(data)
 
@@ -81,6 +83,10 @@ class Connection(asyncio.Protocol):
     @property
     def peer(self) -> Any:
         return self.transport.get_extra_info("peername") if self.transport is not None else None
+
+    @property
+    def local(self) -> Any:
+        return self.transport.get_extra_info("sockname") if self.transport is not None else None
 
     @property
     def tls(self) -> bool:
@@ -137,6 +143,7 @@ class Connection(asyncio.Protocol):
             server._failed(self)
 
     def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         self.server.bytes_in += len(data)
         try:
             self.received(data)
@@ -220,46 +227,13 @@ class CallbackServer:
         return self.factory(self)
 
     async def _listen(self, ep: Endpoint) -> None:
-        loop = asyncio.get_running_loop()
-        if ep.is_datagram:
-            raise ListenError("udp:// endpoints are served with socketkit.bind(), not a stream server", endpoint=ep)
-        ssl = None
-        if ep.is_tls:
-            from socketkit.net import tls
-
-            ssl = tls.server_context(ep)
-        try:
-            if ep.is_unix:
-                if not ep.is_abstract:
-                    _remove_stale_socket(ep.path)  # type: ignore[arg-type]
-                srv = await loop.create_unix_server(self._make, ep.socket_path, backlog=2048, ssl=ssl)
-                if ep.option("mode") and not ep.is_abstract:
-                    os.chmod(ep.path, int(ep.option("mode"), 8))  # type: ignore[arg-type]
-                self._servers.append(srv)
-                self._endpoints.append(ep)
-                return
-            srv = await loop.create_server(
-                self._make, ep.host, ep.port, backlog=2048, ssl=ssl,
-                ssl_handshake_timeout=self.limits.handshake_timeout if ep.is_tls else None,
-                reuse_port=self.reuse_port or ep.flag("reuse_port"), reuse_address=True,
-            )
-        except OSError as e:
-            raise ListenError(f"cannot listen: {e.strerror or e}", endpoint=ep) from e
+        srv, bound = await listen_on(ep, self._make, limits=self.limits, reuse_port=self.reuse_port)
         self._servers.append(srv)
-        for sock in srv.sockets:
-            addr = sock.getsockname()
-            self._endpoints.append(Endpoint(ep.scheme, host=addr[0], port=addr[1], options=ep.options))
+        self._endpoints.extend(bound)
 
     async def _adopt(self, sock: socket.socket) -> None:
         """Serve on an already-bound listening socket (systemd socket activation, --workers)."""
-        loop = asyncio.get_running_loop()
-        if sock.family == socket.AF_UNIX:
-            srv = await loop.create_unix_server(self._make, sock=sock, backlog=2048)
-            ep = Endpoint("unix", path=sock.getsockname() or "@")
-        else:
-            srv = await loop.create_server(self._make, sock=sock, backlog=2048)
-            host, port = sock.getsockname()[:2]
-            ep = Endpoint("tcp", host=host, port=port)
+        srv, ep = await adopt_listener(sock, lambda _ep: self._make)
         self._servers.append(srv)
         self._endpoints.append(ep)
 

@@ -51,6 +51,9 @@ class SocketServer:
         self.accepted = 0
         self.refused = 0
         self.errors = 0
+        # the library that owns the connections counts their bytes here (the sockets are its, not ours)
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -58,8 +61,8 @@ class SocketServer:
 
     @property
     def stats(self) -> Stats:
-        return Stats(open=len(self._conns), accepted=self.accepted, refused=self.refused, bytes_in=0,
-                     bytes_out=0, errors=self.errors, idle_closed=0)
+        return Stats(open=len(self._conns), accepted=self.accepted, refused=self.refused, bytes_in=self.bytes_in,
+                     bytes_out=self.bytes_out, errors=self.errors, idle_closed=0)
 
     async def start(self) -> None:
         try:

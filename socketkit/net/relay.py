@@ -206,7 +206,7 @@ class Splice:
         self._done = loop.create_future()
         a, b = self.a, self.b
         pending = []
-        for stream, end in zip((a, b), self._ends):
+        for stream, end in zip((a, b), self._ends, strict=True):
             if stream._lost:
                 continue
             stream._transport.set_protocol(end)

@@ -148,55 +148,17 @@ class Server:
         return make
 
     async def _listen(self, ep: Endpoint) -> None:
-        loop = asyncio.get_running_loop()
-        if ep.is_datagram:
-            raise ListenError("udp:// endpoints are served with socketkit.bind(), not serve()", endpoint=ep)
-        try:
-            if ep.is_unix:
-                path = ep.socket_path
-                if not ep.is_abstract:
-                    _remove_stale_socket(ep.path)  # type: ignore[arg-type]
-                srv = await loop.create_unix_server(self._factory(ep), path, backlog=2048,
-                                                    ssl=self._ssl(ep))
-                if ep.option("mode") and not ep.is_abstract:
-                    os.chmod(ep.path, int(ep.option("mode"), 8))  # type: ignore[arg-type]
-                self._servers.append(srv)
-                self._endpoints.append(ep)
-                return
-            cell = [ep]
-            srv = await loop.create_server(
-                self._factory(ep, cell), ep.host, ep.port, backlog=2048, ssl=self._ssl(ep),
-                ssl_handshake_timeout=self.limits.handshake_timeout if ep.is_tls else None,
-                reuse_port=self.reuse_port or ep.flag("reuse_port"), reuse_address=True,
-            )
-        except OSError as e:
-            raise ListenError(f"cannot listen: {e.strerror or e}", endpoint=ep) from e
+        cell = [ep]
+        srv, bound = await listen_on(ep, self._factory(ep, cell), limits=self.limits, reuse_port=self.reuse_port)
         self._servers.append(srv)
-        # One Endpoint per bound socket: a host name may bind several addresses.
-        for sock in srv.sockets:
-            addr = sock.getsockname()
-            self._endpoints.append(Endpoint(ep.scheme, host=addr[0], port=addr[1], options=ep.options))
-        cell[0] = ep.with_port(self._endpoints[-1].port) if ep.port == 0 and srv.sockets else ep
+        self._endpoints.extend(bound)
+        cell[0] = ep.with_port(bound[-1].port) if ep.port == 0 and not ep.is_unix and bound else ep
 
     async def _adopt(self, sock: socket.socket) -> None:
         """Serve on an already-bound listening socket (systemd socket activation, --workers)."""
-        loop = asyncio.get_running_loop()
-        if sock.family == socket.AF_UNIX:
-            ep = Endpoint("unix", path=sock.getsockname() or "@")
-            srv = await loop.create_unix_server(self._factory(ep), sock=sock, backlog=2048)
-        else:
-            host, port = sock.getsockname()[:2]
-            ep = Endpoint("tcp", host=host, port=port)
-            srv = await loop.create_server(self._factory(ep), sock=sock, backlog=2048)
+        srv, ep = await adopt_listener(sock, self._factory)
         self._servers.append(srv)
         self._endpoints.append(ep)
-
-    def _ssl(self, ep: Endpoint):
-        if not ep.is_tls:
-            return None
-        from socketkit.net import tls
-
-        return tls.server_context(ep)
 
     # -- connections ----------------------------------------------------------------------------
     def _accepted(self, stream: Stream) -> None:
@@ -315,6 +277,54 @@ def _is_disconnect(exc: BaseException) -> bool:
 
     # A client that leaves mid-message ends its conversation; it is not a bug in the handler.
     return isinstance(exc, (PeerResetError, ClosedError, IncompleteReadError, ConnectionError))
+
+
+async def listen_on(ep: Endpoint, make: Callable[[], asyncio.BaseProtocol], *, limits: Limits,
+                    reuse_port: bool = False) -> tuple[asyncio.AbstractServer, list[Endpoint]]:
+    """One listener for a stream endpoint (tcp, tls, unix), `make` giving each connection its protocol: the
+    asyncio server and the endpoints really bound (port 0 replaced; a host name may bind several
+    addresses). Shared by Server and net/callbacks.py's CallbackServer."""
+    loop = asyncio.get_running_loop()
+    if ep.is_datagram:
+        raise ListenError("udp:// endpoints are served with socketkit.bind(), not a stream server", endpoint=ep)
+    ssl = None
+    if ep.is_tls:
+        from socketkit.net import tls
+
+        ssl = tls.server_context(ep)
+    try:
+        if ep.is_unix:
+            if not ep.is_abstract:
+                _remove_stale_socket(ep.path)  # type: ignore[arg-type]
+            srv = await loop.create_unix_server(make, ep.socket_path, backlog=2048, ssl=ssl)
+            if ep.option("mode") and not ep.is_abstract:
+                os.chmod(ep.path, int(ep.option("mode"), 8))  # type: ignore[arg-type]
+            return srv, [ep]
+        srv = await loop.create_server(
+            make, ep.host, ep.port, backlog=2048, ssl=ssl,
+            ssl_handshake_timeout=limits.handshake_timeout if ep.is_tls else None,
+            reuse_port=reuse_port or ep.flag("reuse_port"), reuse_address=True,
+        )
+    except OSError as e:
+        raise ListenError(f"cannot listen: {e.strerror or e}", endpoint=ep) from e
+    bound = []
+    for sock in srv.sockets:
+        addr = sock.getsockname()
+        bound.append(Endpoint(ep.scheme, host=addr[0], port=addr[1], options=ep.options))
+    return srv, bound
+
+
+async def adopt_listener(sock: socket.socket, make_for: Callable[[Endpoint], Callable[[], asyncio.BaseProtocol]]
+                         ) -> tuple[asyncio.AbstractServer, Endpoint]:
+    """Serve on an already-bound listening socket (systemd socket activation, --workers): the asyncio server
+    and the endpoint it stands for; `make_for(endpoint)` gives the protocol factory."""
+    loop = asyncio.get_running_loop()
+    if sock.family == socket.AF_UNIX:
+        ep = Endpoint("unix", path=sock.getsockname() or "@")
+        return await loop.create_unix_server(make_for(ep), sock=sock, backlog=2048), ep
+    host, port = sock.getsockname()[:2]
+    ep = Endpoint("tcp", host=host, port=port)
+    return await loop.create_server(make_for(ep), sock=sock, backlog=2048), ep
 
 
 def _remove_stale_socket(path: str) -> None:

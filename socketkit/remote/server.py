@@ -234,6 +234,13 @@ class RemoteServer:
         log.warning("remote: connection from %s refused (limit %s=%s)", ip, name, value)
         self.audit.write("limit", peer=ip, limit=name, value=value, message="connection refused")
 
+    def traffic(self, bytes_in: int, bytes_out: int) -> None:
+        """Bytes on the wire of one of our connections, for the listener's counters."""
+        if self.servers:
+            listener = self.servers[0]
+            listener.bytes_in += bytes_in
+            listener.bytes_out += bytes_out
+
     async def _handle(self, sock: Any, peer: Any) -> None:
         from socketkit.remote.server_conn import Connection, ConnState
 

@@ -50,6 +50,8 @@ class ConnState:
         self.counted = False                # among the server's unauthenticated connections
         self.failures = 0
         self.channels = 0
+        self.bytes_in = 0                   # on the wire, this connection's
+        self.bytes_out = 0
         self.idle_since: float | None = None
         self.sessions: list[SessionChannel] = []
         self.reason: str | None = None      # set when we cut the connection ourselves
@@ -159,8 +161,19 @@ class Connection(asyncssh.SSHServerConnection):
 
     # -- activity ------------------------------------------------------------------------------------
     def data_received(self, data: bytes, datatype: Any = None) -> None:
-        self.sk.last_active = time.monotonic()
+        st = self.sk
+        st.last_active = time.monotonic()
+        st.bytes_in += len(data)
+        st.server.traffic(len(data), 0)
         super().data_received(data, datatype)
+
+    def _send(self, data: bytes) -> None:
+        # asyncssh's one write to the transport (every packet, encrypted): bytes out on the wire. Should a
+        # version rename it, this is simply never called and the counts stay at what came in.
+        st = self.sk
+        st.bytes_out += len(data)
+        st.server.traffic(0, len(data))
+        super()._send(data)
 
     def send_packet(self, pkttype: int, *args: bytes, handler: Any = None) -> None:
         if pkttype in _CHANNEL_DATA:

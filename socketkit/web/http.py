@@ -14,8 +14,7 @@ from typing import Any
 
 from socketkit.dashboard.metrics import HISTOGRAMS
 from socketkit.errors import DeadlineError, PeerResetError
-from socketkit.net.stream import Stream
-from socketkit.net.stream import _SENT
+from socketkit.net.stream import _SENT, Stream
 from socketkit.proto.http1 import (
     ConnectionClosed,
     Error,

@@ -105,6 +105,11 @@ async def test_the_dashboard_follows_load_into_every_service(tmp_path):
             chat_conns = sockets["chat"]["connections"]
             assert len(chat_conns) == 1 and chat_conns[0]["info"]["nick"] == "dashwatcher"
             assert chat_conns[0]["info"]["channels"] == 1 and chat_conns[0]["age"] >= 0
+            irc_local = irc.getsockname()
+            assert chat_conns[0]["peer"] == f"{irc_local[0]}:{irc_local[1]}"
+            assert chat_conns[0]["local"] == f"127.0.0.1:{chat_port}"
+            sent = len(b"NICK dashwatcher\r\nUSER d 0 * :Dash\r\nJOIN #ops\r\nPRIVMSG #ops :hi\r\n")
+            assert chat_conns[0]["bytes_in"] == sent and chat_conns[0]["bytes_out"] > 500  # the welcome, MOTD, JOIN
             events = (await web.get("/api/events")).json()["events"]
             assert any(e["kind"] == "channel created" and e["channel"] == "#ops" and e["nick"] == "dashwatcher"
                        for e in events)

@@ -11,10 +11,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import WAIT, Spawned, cli_env, echo, running_server, wait_for, wait_stable
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
-from helpers import WAIT, Spawned, cli_env, echo, running_server, wait_for, wait_stable
 from socketkit.net.connect import connect
 from socketkit.net.limits import Limits
 from socketkit.web import wsbridge

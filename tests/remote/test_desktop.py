@@ -10,13 +10,18 @@ import re
 import ssl
 
 import pytest
+from helpers import WAIT, Spawned, cli_env, running_server, wait_for
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
-from helpers import WAIT, Spawned, cli_env, running_server, wait_for
 from socketkit.net import certs
-from socketkit.remote.desktop import (DesktopConfig, DesktopLimits, DesktopService, start_desktop_for_up,
-                                      vnc_answers)
+from socketkit.remote.desktop import (
+    DesktopConfig,
+    DesktopLimits,
+    DesktopService,
+    start_desktop_for_up,
+    vnc_answers,
+)
 from socketkit.web.wsclient import WebSocketClient, WebSocketError
 
 TOKEN = "correct-horse-battery"

@@ -22,8 +22,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from helpers import WAIT, wait_for
+
 from socketkit.remote.desktop import DesktopConfig, DesktopService
 from socketkit.web.wsclient import WebSocketClient
 

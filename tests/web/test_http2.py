@@ -88,7 +88,8 @@ async def test_h2c_prior_knowledge_and_http1_on_one_port():
 
 
 @pytest.mark.skipif(CURL is None, reason="needs curl")
-async def test_curl_http2_over_tls_by_alpn_and_prior_knowledge(data_dir):
+@pytest.mark.usefixtures("data_dir")
+async def test_curl_http2_over_tls_by_alpn_and_prior_knowledge():
     async with serving(scope_app, ["tls://127.0.0.1:0", "tcp://127.0.0.1:0"]) as web:
         tls, plain = port_of(web, 0), port_of(web, 1)
         assert web.server.endpoints[0].option("alpn") == "h2,http/1.1"
@@ -111,7 +112,8 @@ async def test_curl_http2_over_tls_by_alpn_and_prior_knowledge(data_dir):
         assert (await curl("-k", "--http2", f"https://127.0.0.1:{port_of(web)}/x")).endswith(" 1.1")
 
 
-async def test_httpx_http2_over_tls_and_h2c(data_dir):
+@pytest.mark.usefixtures("data_dir")
+async def test_httpx_http2_over_tls_and_h2c():
     async with serving(scope_app, ["tls://127.0.0.1:0", "tcp://127.0.0.1:0"]) as web:
         async with httpx.AsyncClient(http2=True, verify=False, trust_env=False, timeout=10) as client:
             r = await client.post(f"https://127.0.0.1:{port_of(web, 0)}/t", content=b"abc")

@@ -42,7 +42,8 @@ def site(root: Path) -> None:
         "</script></body></html>")
 
 
-async def test_chromium_loads_a_page_with_many_assets_over_http2(tmp_path, data_dir):
+@pytest.mark.usefixtures("data_dir")
+async def test_chromium_loads_a_page_with_many_assets_over_http2(tmp_path):
     browser = chromium()
     root = tmp_path / "www"
     root.mkdir()

@@ -7,12 +7,12 @@ import asyncio
 import os
 
 import pytest
+from helpers import WAIT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.server import serve as ws_serve
 
 import socketkit.web
-from helpers import WAIT
 from socketkit.proto import wsframes as wf
 from socketkit.web.wsclient import WebSocketClient, WebSocketError, WebSocketProtocolError, endpoint_of
 

@@ -123,8 +123,10 @@ async function loadSeries() {
 
 // -- sockets -------------------------------------------------------------------------------------
 async function refreshSockets() {
-  if (!state.socketService) return;
-  const { services } = await getJSON("api/sockets?service=" + encodeURIComponent(state.socketService));
+  const asked = state.socketService;
+  if (!asked) return;
+  const { services } = await getJSON("api/sockets?service=" + encodeURIComponent(asked));
+  if (asked !== state.socketService) return;  // another service was chosen meanwhile: its answer draws the table
   const svc = services[0];
   const tbody = $("#connections tbody");
   tbody.textContent = "";
