@@ -165,6 +165,15 @@ function addEvent(e) {
 async function refreshStatus() { renderServices(await getJSON("api/status")); }
 
 async function main() {
+  // the controls answer from the first moment, not once the first figures have arrived
+  for (const b of document.querySelectorAll(".toggle button")) {
+    b.addEventListener("click", () => {
+      state.span = b.dataset.span;
+      for (const o of document.querySelectorAll(".toggle button")) o.classList.toggle("on", o === b);
+      loadSeries();
+    });
+  }
+  $("#socket-service").addEventListener("change", (e) => { state.socketService = e.target.value; refreshSockets(); });
   await refreshStatus();
   await loadSeries();
   const { events } = await getJSON("api/events");
@@ -177,14 +186,6 @@ async function main() {
   setInterval(() => refreshSockets().catch(() => {}), 2000);
   setInterval(() => { if (state.span === "24h") loadSeries().catch(() => {}); }, 60000);
   refreshSockets();
-  for (const b of document.querySelectorAll(".toggle button")) {
-    b.addEventListener("click", () => {
-      state.span = b.dataset.span;
-      for (const o of document.querySelectorAll(".toggle button")) o.classList.toggle("on", o === b);
-      loadSeries();
-    });
-  }
-  $("#socket-service").addEventListener("change", (e) => { state.socketService = e.target.value; refreshSockets(); });
   document.body.dataset.ready = "1";
 }
 main().catch((e) => { document.body.dataset.error = String(e); });
