@@ -1,10 +1,12 @@
 """`Stream.sendfile`: a file's bytes to a stream, without copying them through Python where possible.
 
-asyncio's own loop implements `loop.sendfile`; uvloop does not. For a plain (not TLS) uvloop stream we
-call `os.sendfile` on the socket ourselves, but only while the transport has nothing queued, so bytes
-stay in order; when the socket is full we hand one piece to the transport, which waits for writability
-for us, and carry on behind it once its queue is empty again. TLS streams copy (the kernel cannot
-encrypt for us).
+asyncio's own loop implements `loop.sendfile` (bounded here by the stream's deadline); uvloop does not.
+For a plain (not TLS) uvloop stream we call `os.sendfile` on the socket ourselves, but only while the
+transport has nothing queued, so bytes stay in order. When the socket is full we wait until it takes
+more, watching a duplicate of its descriptor (the loop lets nobody else watch the one its transport
+owns), and sendfile again: a slow reader's download stays zero-copy. Where the loop will not watch it,
+one piece goes through the transport instead, and we carry on behind it once its queue is empty. TLS
+streams copy (the kernel cannot encrypt for us).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import os
 from typing import TYPE_CHECKING, Any
 
-from socketkit.errors import PeerResetError, SocketkitError
+from socketkit.errors import DeadlineError, PeerResetError, SocketkitError
 
 if TYPE_CHECKING:
     from socketkit.net.stream import Stream
@@ -34,8 +36,16 @@ async def send_file(stream: Stream, file: Any, offset: int, count: int | None) -
     loop = stream._loop
     if not isinstance(loop, asyncio.BaseEventLoop) or stream._is_tls:
         return await _behind_the_transport(stream, file, offset, count, zero_copy=not stream._is_tls)
+    when, seconds = stream._when(None)  # the stream's deadline, as every send of it has
     try:
-        sent = await loop.sendfile(stream._transport, file, offset, count, fallback=True)
+        if when is None:
+            sent = await loop.sendfile(stream._transport, file, offset, count, fallback=True)
+        else:
+            async with asyncio.timeout_at(when):
+                sent = await loop.sendfile(stream._transport, file, offset, count, fallback=True)
+    except TimeoutError:
+        raise DeadlineError(f"send did not finish within {seconds:g}s", seconds=seconds,
+                            endpoint=stream.endpoint) from None
     except (ConnectionError, OSError) as e:
         raise _error(stream, e) from e
     stream.bytes_out += sent
@@ -50,10 +60,18 @@ def _error(stream: Stream, e: BaseException) -> SocketkitError:
 
 async def _behind_the_transport(stream: Stream, file: Any, offset: int, count: int, zero_copy: bool) -> int:
     transport = stream._transport
-    sock = transport.get_extra_info("socket")
-    fd_out = sock.fileno() if (zero_copy and sock is not None and hasattr(os, "sendfile")) else -1
+    known = stream._sendfile_fd  # looked up once per transport: uvloop makes a socket object per lookup
+    if known is not None and known[0] is transport:
+        fd_out = known[1]
+    else:
+        sock = transport.get_extra_info("socket")
+        fd_out = sock.fileno() if (sock is not None and hasattr(os, "sendfile")) else -1
+        stream._sendfile_fd = (transport, fd_out)
+    if not zero_copy:
+        fd_out = -1
     fd_in = file.fileno()
     total = 0
+    watch: _Watch | bool | None = None  # made at the first full socket; False: the loop cannot watch it
     # While sending, "paused" means "anything queued at all": we may only sendfile behind an empty queue.
     transport.set_write_buffer_limits(high=0, low=0)
     try:
@@ -65,15 +83,25 @@ async def _behind_the_transport(stream: Stream, file: Any, offset: int, count: i
                 await stream._drain(None)
                 continue
             n = 0
+            full = False
             if fd_out >= 0:
                 try:
                     n = os.sendfile(fd_out, fd_in, offset, min(count, _SENDFILE_MAX))
                 except BlockingIOError:
-                    n = 0
+                    n, full = 0, True
                 except OSError as e:
                     raise _error(stream, e) from e
-                if n == 0 and count > 0 and os.fstat(fd_in).st_size <= offset:
+                if n == 0 and not full and os.fstat(fd_in).st_size <= offset:
                     break  # the file shrank under us: the caller sees a short count
+            if full and watch is not False:
+                # The socket is full: wait until it takes more and sendfile again (zero copy all the way),
+                # on a duplicate of its descriptor (the loop lets no one else watch the transport's own).
+                if watch is None:
+                    watch = _Watch(stream, fd_out)
+                if watch.ok:
+                    await watch.writable()
+                    continue
+                watch = False
             if n == 0:
                 chunk = os.pread(fd_in, min(count, _COPY_CHUNK), offset)
                 if not chunk:
@@ -85,6 +113,58 @@ async def _behind_the_transport(stream: Stream, file: Any, offset: int, count: i
             total += n
             stream.bytes_out += n
     finally:
+        if isinstance(watch, _Watch):
+            watch.close()
         if not stream._lost:
             transport.set_write_buffer_limits(high=stream.limits.write_buffer)
     return total
+
+
+class _Watch:
+    """Writability of a stream's socket, watched through a duplicate descriptor (the event loop refuses a
+    reader or writer on a descriptor a transport owns). The wait is the stream's drain waiter, so a lost
+    connection ends it as it ends any send, and the stream's deadline bounds it."""
+
+    def __init__(self, stream: Stream, fd: int) -> None:
+        self.stream = stream
+        self.fd = -1
+        try:
+            self.fd = os.dup(fd)
+        except OSError:
+            pass
+
+    @property
+    def ok(self) -> bool:
+        return self.fd >= 0
+
+    async def writable(self) -> None:
+        stream = self.stream
+        loop = stream._loop
+        fut = loop.create_future()
+        try:
+            loop.add_writer(self.fd, _wake, fut)
+        except (RuntimeError, ValueError, OSError, NotImplementedError):
+            self.close()  # this loop will not watch it: the caller copies through the transport instead
+            return
+        stream._drain_waiter = fut
+        try:
+            await stream._wait(fut, None, "send")
+        finally:
+            stream._drain_waiter = None
+            loop.remove_writer(self.fd)
+        if stream._lost or stream._closing:
+            raise stream._failure()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            try:
+                self.stream._loop.remove_writer(fd)
+            except (RuntimeError, ValueError, OSError):
+                pass
+            os.close(fd)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

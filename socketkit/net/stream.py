@@ -112,6 +112,7 @@ class Stream(FramedReads, Lifecycle):
         self._writing_paused = False
         self._read_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._sendfile_fd: tuple[Any, int] | None = None  # (transport, its socket's fd) for sendfile
         self._closed_waiter: asyncio.Future[None] | None = None
         self._eof = False
         self._eof_sent = False
