@@ -80,8 +80,10 @@ class SeriesStore:
             for key, _, counter in FIGURES:
                 raw = float(figures.get(key, 0.0))
                 if counter:
-                    before = s.last.get(key)
-                    value = max(0.0, (raw - before) / elapsed) if before is not None else 0.0
+                    # a service's counters start at zero with it: what it counted before its first
+                    # sample (it started since the previous one) belongs to this interval
+                    before = s.last.get(key, 0.0)
+                    value = max(0.0, (raw - before) / elapsed)
                     s.last[key] = raw
                 else:
                     value = raw

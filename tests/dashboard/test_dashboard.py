@@ -217,6 +217,17 @@ def test_series_are_bounded_and_counters_become_rates():
     assert 1 <= len(coarse["times"]) <= 30 and coarse["services"]["web"]["accepted"][-1] == 10.0
 
 
+def test_a_service_that_starts_between_samples_shows_what_it_counted_at_once():
+    """Used to: its first sample became the baseline, so mail received before the dashboard first saw the
+    mail service (it starts after web, under a busy machine a sample later) never showed as messages/s."""
+    store = SeriesStore()
+    store.sample(1000.0, {"web": {"accepted": 0}})
+    store.sample(1000.5, {"web": {"accepted": 0}, "mail": {"accepted": 3, "units": 3}})
+    store.sample(1001.0, {"web": {"accepted": 0}, "mail": {"accepted": 3, "units": 3}})
+    mail = store.view("15m")["services"]["mail"]
+    assert mail["units"][-2:] == [6.0, 0.0] and mail["accepted"][-2] == 6.0  # 3 in half a second, then none
+
+
 def test_the_event_log_is_bounded():
     log = type(EVENTS)(size=50)
     for i in range(500):
