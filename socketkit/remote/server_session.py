@@ -27,6 +27,9 @@ class SessionChannel(asyncssh.SSHServerSession):
         self.chan: Any = None
         self.kind = "session"
         self.command: str | None = None
+        # what the client asked to run when a forced command (authorized_keys command=, a certificate's
+        # force-command) runs instead: the child sees it as SSH_ORIGINAL_COMMAND, as under sshd
+        self.original_command: str | None = None
         self.term: str | None = None
         self.term_size: tuple[int, int, int, int] = (80, 24, 0, 0)
         self.term_modes: dict[int, int] = {}
@@ -38,6 +41,17 @@ class SessionChannel(asyncssh.SSHServerSession):
     def connection_made(self, chan: Any) -> None:
         self.chan = chan
         chan.set_write_buffer_limits(high=_WRITE_HIGH)
+        # asyncssh puts a forced command in place of the client's before any callback of ours sees either;
+        # its one step that still has both is wrapped on this channel (an instance attribute, nothing else
+        # changes). Should a version rename it, SSH_ORIGINAL_COMMAND is simply not set.
+        start = getattr(chan, "_start_session", None)
+        if callable(start):
+            def remember(command: str | None = None, subsystem: str | None = None) -> bool:
+                if command is not None and _forced(chan) is not None:
+                    self.original_command = command
+                return start(command=command, subsystem=subsystem)
+
+            chan._start_session = remember
 
     def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any) -> bool:
         self.term = term_type[:64] or "dumb"
@@ -69,7 +83,8 @@ class SessionChannel(asyncssh.SSHServerSession):
             self._files.connection_made(self.chan)
             self._files.session_started()
             return
-        st.audit(self.kind, command=self.command, pty=self.term is not None, term=self.term)
+        extra = {"requested": self.original_command} if self.original_command is not None else {}
+        st.audit(self.kind, command=self.command, pty=self.term is not None, term=self.term, **extra)
         self._runner = ProcessRunner(self)
         self._runner.start()
 
@@ -122,3 +137,13 @@ class SessionChannel(asyncssh.SSHServerSession):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "command": self.command, "pty": self.term is not None, "term": self.term,
                 "started": self.started}
+
+
+def _forced(chan: Any) -> str | None:
+    """The forced command of the channel's connection, where asyncssh finds it: a certificate's
+    force-command first, then the key's command= option."""
+    conn = chan.get_extra_info("connection")
+    if conn is None:
+        return None
+    forced = conn.get_certificate_option("force-command")
+    return forced if forced is not None else conn.get_key_option("command")

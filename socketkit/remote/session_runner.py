@@ -49,6 +49,8 @@ def session_env(session: "SessionChannel", tty_name: str | None) -> dict[str, st
     for name, value in client_env.items():
         if (name == "LANG" or name.startswith("LC_")) and len(value) <= 256 and "\0" not in value:
             env[name] = value
+    if session.original_command is not None:
+        env["SSH_ORIGINAL_COMMAND"] = session.original_command
     if tty_name is not None:
         env["TERM"] = session.term or "dumb"
         env["SSH_TTY"] = tty_name

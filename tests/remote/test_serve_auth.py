@@ -76,8 +76,11 @@ async def test_authorized_keys_options(tmp_path):
         res = await run(s.ssh("tty; echo ran"))
         assert res.text == "not a tty\nran\n"
         res = await run(s.ssh("echo mine", key=forced))
-        assert res.rc == 0 and res.text.startswith("forced"), res
+        assert res.rc == 0 and res.text == "forced echo mine\n", res  # what the client asked, as sshd passes it
         assert s.records("exec")[-1]["command"].startswith("echo forced")
+        assert s.records("exec")[-1]["requested"] == "echo mine"
+        res = await run(s.ssh("echo again"))
+        assert "requested" not in s.records("exec")[-1]  # no forced command: nothing to pass on
         res = await run(s.ssh("echo in", key=far))
         assert res.rc == 255  # from= names another address
         cert = sign_cert(ca_line, holder, principals=[USER], key_id="via-authorized-keys")
