@@ -301,3 +301,70 @@ async def test_the_desktop_in_chromium_shows_the_screen_and_types_into_the_xterm
     assert "desktop-connect" in events and "desktop-disconnect" in events, events
     connect = next(r for r in records if r["event"] == "desktop-connect")
     assert connect["client"].startswith("127.0.0.1:") and "HeadlessChrome" in connect["user_agent"]
+
+
+def xdotool(display: str, *args: str) -> None:
+    """Act on the X display directly (the test's own hands on the desktop, not through the page)."""
+    subprocess.run(["xdotool", *args], env=dict(os.environ, DISPLAY=display), check=True, timeout=WAIT,
+                   capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("xdotool") is None, reason="needs xdotool (apt-get install xdotool)")
+async def test_the_toolbar_clipboard_both_ways_ctrl_alt_del_and_full_screen(tmp_path):
+    async with x_desktop(tmp_path) as (display, vnc_port):
+        service = DesktopService(DesktopConfig(vnc=f"tcp://127.0.0.1:{vnc_port}", listen=["tcp://127.0.0.1:0"],
+                                               audit_log=tmp_path / "audit.log"))
+        await service.start()
+        try:
+            (url,) = service.urls()
+            async with browser("chromium", url, tmp_path):
+                tools = await DevTools.open(tmp_path / "profile", url.split("#")[0])
+                try:
+                    await tools.call("Emulation.setFocusEmulationEnabled", enabled=True)
+                    await wait_for(lambda: tools.check("document.getElementById('status').textContent === 'connected'"
+                                                       " && !document.getElementById('cad').disabled"),
+                                   timeout=20, what="the viewer to connect")
+                    xdotool(display, "mousemove", "100", "60")  # over the xterm: it has the keyboard (no WM)
+
+                    # Ctrl-Alt-Del from the button reaches the desktop: xterm turns it into CSI 3;7~, which
+                    # `cat -v` writes out as text.
+                    xdotool(display, "type", "--delay", "15", "cat -v > cad.txt")
+                    xdotool(display, "key", "Return")
+                    await asyncio.sleep(0.3)  # cat is reading
+                    await tools.js("document.getElementById('cad').click()")
+                    await asyncio.sleep(0.5)
+                    xdotool(display, "key", "Return")
+                    xdotool(display, "key", "ctrl+d")
+                    await wait_for(lambda: "^[[3;7~" in (tmp_path / "cad.txt").read_text()
+                                   if (tmp_path / "cad.txt").exists() else False,
+                                   timeout=10, what="Ctrl-Alt-Del in the xterm")
+
+                    # The page's clipboard to the desktop's: Send, then a middle click pastes it in the xterm.
+                    await tools.js("document.getElementById('clip').click()")
+                    assert await tools.js("!document.getElementById('clipboard').hidden")
+                    await tools.js("(() => { document.getElementById('cliptext').value = 'touch pasted-from-page';"
+                                   " document.getElementById('clipsend').click(); return true })()")
+                    await asyncio.sleep(0.5)
+                    xdotool(display, "click", "2")
+                    xdotool(display, "key", "Return")
+                    await wait_for(lambda: (tmp_path / "pasted-from-page").exists(), timeout=10,
+                                   what="the xterm to run what was pasted from the page")
+
+                    # The desktop's selection to the page: a word selected in the xterm shows in the panel.
+                    xdotool(display, "type", "--delay", "15", "clear; echo remoteclipword")
+                    xdotool(display, "key", "Return")
+                    await asyncio.sleep(0.5)
+                    xdotool(display, "mousemove", "20", "8", "click", "--repeat", "2", "1")  # the first row's word
+                    await wait_for(lambda: tools.check(
+                        "document.getElementById('cliptext').value.includes('remoteclipword')"),
+                                   timeout=10, what="the desktop's selection in the page's clipboard panel")
+
+                    # Full screen: the button asks the browser, which grants it to a click.
+                    await tools.call("Runtime.evaluate", expression="document.getElementById('full').click()",
+                                     userGesture=True)
+                    await wait_for(lambda: tools.check("document.fullscreenElement !== null"), timeout=10,
+                                   what="the page in full screen")
+                finally:
+                    await tools.ws.aclose()
+        finally:
+            await service.aclose()
