@@ -184,9 +184,11 @@ def sentinel(master_port: int, tmp_path: Path) -> Iterator[int]:
 
 @needs_redis
 async def test_sentinel_finds_the_master_and_follows_a_failover(tmp_path: Path) -> None:
-    with redis_server() as master, redis_server("--replicaof", "127.0.0.1", str(master)) as replica:
+    # (no diskless-sync delay: by default a master waits 5 s for more replicas before the first sync)
+    with redis_server("--repl-diskless-sync-delay", "0") as master, \
+            redis_server("--replicaof", "127.0.0.1", str(master)) as replica:
         await wait_for(lambda: b"master_link_status:up" in redis_call(replica, "INFO", "replication"),
-                       what="the replica in sync")
+                       timeout=15, what="the replica in sync")
         with sentinel(master, tmp_path) as sport:
             await wait_for(lambda: redis_call(sport, "SENTINEL", "replicas", "mymaster"),
                            what="the sentinel knowing the replica")
