@@ -195,7 +195,7 @@ class HTTPHandler:
                                 body.users += 1
                                 try:
                                     if cork is None:
-                                        cork = corkable(stream) or False
+                                        cork = corkable(stream, own=True) or False
                                     await send_file(stream, conn, conn.response_head(200, hit[0], extra),
                                                     body.file, 0, size, sock=cork or None)
                                 except LocalProtocolError:
@@ -277,6 +277,8 @@ class HTTPHandler:
             return
         finally:
             stream.close()
+            if cork:
+                cork.close()  # our duplicate of the socket's descriptor
 
     async def _read(self, stream: Stream, conn: ServerConnection, left: float | None) -> bytes | None:
         """Bytes for the parser; b"" at EOF; None when the connection should just close."""

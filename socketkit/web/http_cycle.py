@@ -143,13 +143,23 @@ async def send_file(stream: Stream, conn: ServerConnection, head: bytes, file: A
                 pass
 
 
-def corkable(stream: Stream) -> Any:
-    """The TCP socket under a plain (not TLS) stream, to cork around a file body; None otherwise."""
+def corkable(stream: Stream, *, own: bool = False) -> Any:
+    """The TCP socket under a plain (not TLS) stream, to cork around a file body; None otherwise.
+
+    The loop's own answer makes a socket object (and a getsockname) at every call of each of its methods;
+    `own=True` gives a socket of our own on a duplicate descriptor instead, for a connection that sends many
+    files: two setsockopt calls per file and nothing else. The caller closes it (only the duplicate closes).
+    """
     if not hasattr(socket, "TCP_CORK") or stream.extra("ssl_object") is not None:
         return None
     sock = stream.extra("socket")
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
+    if own:
+        try:
+            return socket.fromfd(sock.fileno(), sock.family, sock.type, sock.proto)
+        except OSError:
+            return None
     return sock
 
 
