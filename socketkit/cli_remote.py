@@ -70,7 +70,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--idle-timeout", type=float, metavar="S", help="seconds with nothing moving before a "
                    "session is closed (default 3600)")
     g.add_argument("--buffer", type=int, metavar="BYTES", help="bytes held per direction per stage (default "
-                   "262144): a slow browser slows the VNC server down instead")
+                   "1048576; at most 16 sessions): a slow browser slows the VNC server down instead")
     d.set_defaults(run=_cmd_desktop)
 
     ca = rsub.add_parser("ca", help="SSH certificate authorities: init, sign-user, sign-host")

@@ -49,7 +49,7 @@ class DesktopLimits:
     max_connections: int = 64           # browsers (and page loads) at once
     max_bridges: int = 16               # VNC sessions at once
     idle_timeout: float = 3600.0        # a session with nothing moving either way for this long is closed
-    buffer: int = 256 * 1024            # bytes held per direction per stage (read buffer, write buffer)
+    buffer: int = 1 << 20               # bytes held per direction per stage (read buffer, write buffer)
     request_timeout: float = 15.0       # a request head must arrive within this once begun
     connect_timeout: float = 10.0       # connecting to the VNC server
     guesses: int = 10                   # wrong tokens per address before it is slowed down ...
