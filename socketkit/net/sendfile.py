@@ -58,17 +58,43 @@ def _error(stream: Stream, e: BaseException) -> SocketkitError:
     return PeerResetError(f"connection broke during sendfile ({e})", endpoint=stream.endpoint)
 
 
-async def _behind_the_transport(stream: Stream, file: Any, offset: int, count: int, zero_copy: bool) -> int:
+def _socket_fd(stream: Stream) -> int:
+    """The descriptor under the stream's transport, for sendfile; -1 where there is none to use."""
     transport = stream._transport
     known = stream._sendfile_fd  # looked up once per transport: uvloop makes a socket object per lookup
     if known is not None and known[0] is transport:
-        fd_out = known[1]
-    else:
-        sock = transport.get_extra_info("socket")
-        fd_out = sock.fileno() if (sock is not None and hasattr(os, "sendfile")) else -1
-        stream._sendfile_fd = (transport, fd_out)
-    if not zero_copy:
-        fd_out = -1
+        return known[1]
+    sock = transport.get_extra_info("socket")
+    fd_out = sock.fileno() if (sock is not None and hasattr(os, "sendfile")) else -1
+    stream._sendfile_fd = (transport, fd_out)
+    return fd_out
+
+
+def send_file_nowait(stream: Stream, file: Any, offset: int, count: int) -> int:
+    """As much of `count` bytes of `file` from `offset` as the socket takes right now, zero-copy, without
+    waiting: the bytes sent, 0 when none can go now (a full socket, bytes queued on the transport that must
+    go first, TLS, a loop whose transport we do not write behind). The caller sends the rest with
+    `send_file`."""
+    if count <= 0 or stream._send_blocked or stream._is_tls or isinstance(stream._loop, asyncio.BaseEventLoop):
+        return 0
+    if stream._transport.get_write_buffer_size():
+        return 0
+    fd_out = _socket_fd(stream)
+    if fd_out < 0:
+        return 0
+    try:
+        n = os.sendfile(fd_out, file.fileno(), offset, count)
+    except BlockingIOError:
+        return 0
+    except OSError as e:
+        raise _error(stream, e) from e
+    stream.bytes_out += n
+    return n
+
+
+async def _behind_the_transport(stream: Stream, file: Any, offset: int, count: int, zero_copy: bool) -> int:
+    transport = stream._transport
+    fd_out = _socket_fd(stream) if zero_copy else -1
     fd_in = file.fileno()
     total = 0
     watch: _Watch | bool | None = None  # made at the first full socket; False: the loop cannot watch it

@@ -53,6 +53,9 @@ class StreamProtocol(asyncio.Protocol):
         d = s._driver
         if d is not None and not s._buf:
             if d.waiting and not d.stepping:
+                quick = s._quick
+                if quick is not None and quick(data):
+                    return  # answered where it arrived; the handler stays parked
                 # The handler is parked on this stream with nothing buffered: hand the bytes over as
                 # they are and resume it here (see socketkit.net.driver).
                 s._handoff = data
@@ -125,6 +128,9 @@ class Stream(FramedReads, Lifecycle):
         self._deadline_seconds: float | None = None
         self._driver: Driver | None = None  # set by the server: see socketkit.net.driver
         self._handoff: bytes | None = None  # bytes handed to a parked handler, not yet taken
+        # While its handler is parked between messages, a protocol may answer a whole message right where
+        # it arrives (True: done, the handler stays parked), without resuming the handler (web/http.py)
+        self._quick: Any = None  # Callable[[bytes], bool] | None
         self._abort_handle: asyncio.TimerHandle | None = None  # bounds the flush after close()
         self.bytes_in = 0
         self.bytes_out = 0
@@ -421,6 +427,13 @@ class Stream(FramedReads, Lifecycle):
         from socketkit.net.sendfile import send_file
 
         return await send_file(self, file, offset, count)
+
+    def sendfile_nowait(self, file: Any, offset: int, count: int) -> int:
+        """What of `count` bytes of `file` the socket takes right now, zero-copy, without waiting (0 where
+        it cannot: see socketkit.net.sendfile); `sendfile()` sends the rest."""
+        from socketkit.net.sendfile import send_file_nowait
+
+        return send_file_nowait(self, file, offset, count)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"

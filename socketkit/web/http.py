@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
 
 from socketkit.dashboard.metrics import HISTOGRAMS
@@ -45,6 +46,19 @@ def _addr(addr: Any) -> tuple[str, int] | None:
     if isinstance(addr, tuple) and len(addr) >= 2:
         return (addr[0], addr[1])
     return None
+
+
+_CLOSE: Any = object()  # quick() answered, and the connection must end after that answer
+_TCP, _CORK = socket.IPPROTO_TCP, getattr(socket, "TCP_CORK", 3)  # (corkable() is None where it has none)
+
+
+class _FileRest:
+    """quick() sent a file's head and its first `sent` bytes: the loop sends the rest."""
+
+    __slots__ = ("body", "sent", "size")
+
+    def __init__(self, body: Any, sent: int, size: int) -> None:
+        self.body, self.sent, self.size = body, sent, size
 
 
 class HTTPHandler:
@@ -135,6 +149,75 @@ class HTTPHandler:
             except (PeerResetError, ConnectionError, DeadlineError):
                 stream.close()
                 return
+        quick = None
+        pre: Any = None  # what quick() parsed and left for the loop below: events, or what the parse raised
+        if cached_response is not None and not self.access_log:
+            server_header = self.server_header
+
+            def quick(data: bytes) -> bool:
+                """A request for a small cached file, answered inside data_received while the handler waits
+                between requests: the same response the loop below sends, without resuming the handler."""
+                nonlocal pre
+                if stream._writing_paused:
+                    return False  # the client reads slower than we answer: the loop waits for it
+                try:
+                    evs = conn.receive(data)
+                    if len(evs) == 2 and evs[1] is END and type(evs[0]) is Request:
+                        req = evs[0]
+                        if req.keep_alive and req.upgrade is None:
+                            hit = cached_response(req.method, req.path, req.raw_path, req.headers)
+                            if hit is not None:
+                                clock = _clock
+                                if not clock.since <= _time() < clock.until:
+                                    clock.tick()
+                                extra = clock.lines if server_header else clock.lines_no_server
+                                body = hit[1]
+                                if type(body) is bytes:
+                                    stream.send_nowait(conn.response(200, hit[0], body, extra))
+                                elif not quick_file(evs, hit[0], body, extra):
+                                    return False  # (`pre` says what the loop below is to do)
+                                self.requests += 1
+                                nxt = conn.next_request()
+                                if nxt is None or nxt:  # the connection ends, or a pipelined request came
+                                    pre = _CLOSE if nxt is None else nxt  # in the same read: the loop goes on
+                                    return False
+                                return True
+                    pre = evs
+                except Exception as e:  # the loop below raises it, where it would have come from
+                    pre = e
+                return False
+
+            def quick_file(evs: list[Any], headers: Any, body: Any, extra: bytes) -> bool:
+                """A larger cached file: its head, then as much of it as the socket takes now by sendfile;
+                True when all of it went. Otherwise `pre` tells the loop below to send the rest (it can
+                wait for the socket), or to answer the request itself."""
+                nonlocal pre, cork
+                transport = stream._transport
+                if cork is None:
+                    cork = corkable(stream, own=True) or False
+                if not cork or transport.get_write_buffer_size():
+                    pre = evs
+                    return False
+                size = body.st.st_size
+                body.users += 1
+                cork.setsockopt(_TCP, _CORK, 1)
+                stream.send_nowait(conn.response_head(200, headers, extra))
+                try:
+                    sent = stream.sendfile_nowait(body.file, 0, size)
+                except PeerResetError as e:
+                    body.release()
+                    pre = e
+                    return False
+                if sent:
+                    conn.body_sent_externally(sent)
+                if sent < size:
+                    pre = _FileRest(body, sent, size)
+                    return False
+                body.release()
+                cork.setsockopt(_TCP, _CORK, 0)
+                conn.end()
+                return True
+
         try:
             while True:
                 if i >= len(events):
@@ -148,8 +231,35 @@ class HTTPHandler:
                             return
                     else:
                         head_deadline = None
-                        data = await stream.receive()  # between requests: the idle timeout applies
-                    events = conn.receive(data)
+                        stream._quick = quick
+                        try:
+                            data = await stream.receive()  # between requests: the idle timeout applies
+                        finally:
+                            stream._quick = None
+                    if pre is not None:
+                        events, pre = pre, None
+                        if events is _CLOSE:
+                            return
+                        if type(events) is _FileRest:  # a file quick() began: the rest, waiting on the socket
+                            rest = events
+                            try:
+                                await send_file(stream, conn, b"", rest.body.file, rest.sent, rest.size - rest.sent,
+                                                sock=cork or None)
+                            except LocalProtocolError:
+                                return  # the file shrank under sendfile: the connection is cut already
+                            finally:
+                                rest.body.release()
+                            conn.end()
+                            self.requests += 1
+                            events = conn.next_request()
+                            if events is None:
+                                return
+                            i = 0
+                            continue
+                        if isinstance(events, BaseException):
+                            raise events
+                    else:
+                        events = conn.receive(data)
                     if not events:
                         if not data:
                             return  # end of stream and nothing more to serve (EOF inside a body, say)

@@ -225,3 +225,104 @@ def test_lookups_per_second_do_not_stat(site, monkeypatch):
         assert cache.get("/x", b"/x", "") is entry
     assert cache.get("/x", b"/X", "") is None and cache.get("/x", b"/x", "/mnt") is None
     assert time.perf_counter() - t < 1.0
+
+
+async def test_cached_files_are_answered_while_the_handler_waits(site, monkeypatch):
+    """A request for a small cached file that arrives while the connection's handler waits between requests
+    is answered inside data_received (web/http.py's quick()), the handler left parked: the same bytes, and
+    everything else still goes through the handler, in order."""
+    from socketkit.net import driver
+
+    resumed = 0
+    step = driver.Driver.step_inline
+
+    def counting(self):
+        nonlocal resumed
+        resumed += 1
+        step(self)
+
+    monkeypatch.setattr(driver.Driver, "step_inline", counting)
+    app = StaticFiles(site)
+    async with serving(app) as web, await RawClient.open(port_of(web)) as c:
+        first = await c.request("GET", "/small.bin")  # (the first request starts the handler)
+        before = resumed
+        for _ in range(50):
+            r = await c.request("GET", "/small.bin")
+            assert r.status == 200 and r.body == SMALL and r.header("etag") == first.header("etag")
+        assert resumed - before < 5, "the handler was resumed for requests it did not need to see"
+        # what the quick answer leaves to the handler, between quick answers
+        assert (await c.request("GET", "/nope")).status == 404
+        assert (await c.request("GET", "/small.bin", headers={"Range": "bytes=0-1"})).body == SMALL[:2]
+        assert (await c.request("HEAD", "/small.bin")).body == b""
+        assert (await c.request("GET", "/big.bin")).body == BIG
+        await c.send(b"GET /small.bin HT")  # a head in two reads
+        await asyncio.sleep(0.05)
+        await c.send(b"TP/1.1\r\nhost: t\r\n\r\n")
+        assert (await c.response()).body == SMALL
+        await c.send(b"GET /a.txt HTTP/1.1\r\nhost: t\r\n\r\nGET /small.bin HTTP/1.1\r\nhost: t\r\n\r\n")
+        assert [(await c.response()).body for _ in range(2)] == [b"a", SMALL]
+        assert (await c.request("GET", "/small.bin")).body == SMALL  # quick again after all that
+        r = await c.request("GET", "/small.bin", headers={"Connection": "close"})
+        assert r.body == SMALL and r.header("connection") == "close"
+        async with asyncio.timeout(5):
+            assert await c.reader.read() == b""  # and the connection ends after it
+
+
+async def test_a_client_that_never_reads_cannot_queue_answers_without_bound(site):
+    """Requests one read at a time, answers never read: the quick path stops once the connection's write
+    buffer is full and the handler waits for the client, so what the server holds stays bounded."""
+    mid = os.urandom(200 * 1024)  # cached as bytes (under 256 KiB): answered by the quick path
+    _old(site / "mid.bin", mid)
+    async with serving(StaticFiles(site)) as web, await RawClient.open(port_of(web)) as c:
+        assert (await c.request("GET", "/mid.bin")).body == mid
+        stream = web.server.streams[0]
+        limit = stream.limits.write_buffer + 2 * len(mid)
+        request = b"GET /mid.bin HTTP/1.1\r\nhost: t\r\n\r\n"
+        worst = 0
+        for _ in range(120):  # 24 MB of answers: far past what the kernel's socket buffers take
+            c.writer.write(request)
+            await asyncio.sleep(0.003)  # one request per read on the server
+            worst = max(worst, stream.write_buffer_size)
+        assert worst <= limit, worst
+        async with asyncio.timeout(30):
+            for _ in range(120):
+                assert (await c.response()).body == mid
+
+
+async def test_larger_cached_files_from_the_quick_path_reach_a_slow_reader_whole(site, monkeypatch):
+    """A larger cached file answered where its request arrived goes out by sendfile as far as the socket
+    takes it; the handler sends the rest once the slow client has made room: every body whole, in order."""
+    import socket as socket_mod
+
+    from helpers import shrink_buffers
+
+    from socketkit.web import http as web_http
+
+    rests = 0
+    real_send_file = web_http.send_file
+
+    async def counting(*args, **kwargs):
+        nonlocal rests
+        rests += 1
+        return await real_send_file(*args, **kwargs)
+
+    monkeypatch.setattr(web_http, "send_file", counting)
+    async with serving(StaticFiles(site)) as web:
+        sock = socket_mod.socket()
+        sock.setsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_RCVBUF, 16 * 1024)
+        sock.connect(("127.0.0.1", port_of(web)))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        c = RawClient(reader, writer)
+        try:
+            assert (await c.request("GET", "/small.bin")).body == SMALL
+            shrink_buffers(web.server.streams[0], snd=32 * 1024)  # 300 KiB never fit at once
+            for i in range(12):
+                await c.send(b"GET /big.bin HTTP/1.1\r\nhost: t\r\n\r\n")
+                if i % 3 == 0:
+                    await asyncio.sleep(0.05)  # the server's socket fills while nobody reads
+                r = await c.response()
+                assert r.status == 200 and r.body == BIG
+            assert (await c.request("GET", "/small.bin")).body == SMALL
+        finally:
+            writer.close()
+    assert rests >= 6  # the rest of a file, sent by the handler once the socket had room
