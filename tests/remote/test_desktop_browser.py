@@ -239,63 +239,70 @@ CANVAS_RGB = """(() => {
 })()"""
 
 
-async def test_the_desktop_in_chromium_shows_the_screen_and_types_into_the_xterm(tmp_path):
+@contextlib.asynccontextmanager
+async def desktop_in_chromium(tmp_path: Path):
+    """x_desktop(), `remote desktop` bridging it, headless Chromium on the viewer page: (display, url, DevTools)."""
     async with x_desktop(tmp_path) as (display, vnc_port):
         service = DesktopService(DesktopConfig(vnc=f"tcp://127.0.0.1:{vnc_port}", listen=["tcp://127.0.0.1:0"],
                                                audit_log=tmp_path / "audit.log"))
         await service.start()
         try:
             (url,) = service.urls()
-            assert "#token=" in url
             async with browser("chromium", url, tmp_path):
                 tools = await DevTools.open(tmp_path / "profile", url.split("#")[0])
                 try:
                     await tools.call("Emulation.setFocusEmulationEnabled", enabled=True)
-                    try:
-                        await wait_for(lambda: tools.check("document.getElementById('status').textContent === 'connected'"),
-                                       timeout=20, what="the viewer to connect")
-                    except AssertionError:
-                        state = await tools.js("[location.href, (document.getElementById('status') || {}).textContent]")
-                        log = (tmp_path / "chromium.log").read_text(errors="replace")[-2000:]
-                        raise AssertionError(f"the viewer did not connect: {state}; Chromium said:\n{log}") from None
-                    assert await tools.js("location.hash") == "", "the token is taken out of the address bar"
-                    # 1:1, so that the page's pixels are the desktop's pixels
-                    await tools.js("document.getElementById('scale').click()")
-
-                    async def page_matches_x() -> float:
-                        w, h, data = await tools.js(CANVAS_RGB)
-                        xw, xh, xdata = await asyncio.to_thread(xwd_rgb, display)
-                        assert (w, h) == (xw, xh) == (WIDTH, HEIGHT)
-                        return same_share(base64.b64decode(data), xdata) >= 0.999
-
-                    await wait_for(page_matches_x, timeout=15, interval=0.3, what="the page to show the X screen")
-
-                    # Through the page: the pointer onto the xterm (X gives it the keyboard), then keys.
-                    left, top = await tools.js("(() => { const r = document.querySelector('#screen canvas')"
-                                               ".getBoundingClientRect(); return [r.left, r.top]; })()")
-                    await tools.call("Input.dispatchMouseEvent", type="mouseMoved", x=left + 100, y=top + 60)
-                    await tools.type("touch typed-through-the-page\n")
-                    await wait_for(lambda: (tmp_path / "typed-through-the-page").exists(), timeout=10,
-                                   what="the xterm's shell to run what the page typed")
-
-                    # A screenshot of the page, against the X server's capture of the same pixels.
-                    await wait_for(page_matches_x, timeout=10, interval=0.3, what="the page to catch up")
-                    shot = await tools.call("Page.captureScreenshot", format="png",
-                                            clip={"x": left, "y": top, "width": 240, "height": 48, "scale": 1})
-                    png = base64.b64decode(shot["data"])
-                    (tmp_path / "viewer.png").write_bytes(png)
-                    sw, sh, srgb = png_rgb(png)
-                    xw, xh, xrgb = xwd_rgb(display)
-                    assert (sw, sh) == (240, 48)
-                    # (the xterm's first lines: its prompt and what was typed, black on white)
-                    expected = region(xrgb, xw, 0, 0, 240, 48)
-                    share = same_share(srgb, expected)
-                    assert share >= 0.99, f"the screenshot matches the X capture for {share:.1%} of its pixels"
-                    assert len({expected[i:i + 3] for i in range(0, len(expected), 3)}) > 1, "not a blank region"
+                    yield display, url, tools
                 finally:
                     await tools.ws.aclose()
         finally:
             await service.aclose()
+
+
+async def test_the_desktop_in_chromium_shows_the_screen_and_types_into_the_xterm(tmp_path):
+    async with desktop_in_chromium(tmp_path) as (display, url, tools):
+        assert "#token=" in url
+        try:
+            await wait_for(lambda: tools.check("document.getElementById('status').textContent === 'connected'"),
+                           timeout=20, what="the viewer to connect")
+        except AssertionError:
+            state = await tools.js("[location.href, (document.getElementById('status') || {}).textContent]")
+            log = (tmp_path / "chromium.log").read_text(errors="replace")[-2000:]
+            raise AssertionError(f"the viewer did not connect: {state}; Chromium said:\n{log}") from None
+        assert await tools.js("location.hash") == "", "the token is taken out of the address bar"
+        # 1:1, so that the page's pixels are the desktop's pixels
+        await tools.js("document.getElementById('scale').click()")
+
+        async def page_matches_x() -> float:
+            w, h, data = await tools.js(CANVAS_RGB)
+            xw, xh, xdata = await asyncio.to_thread(xwd_rgb, display)
+            assert (w, h) == (xw, xh) == (WIDTH, HEIGHT)
+            return same_share(base64.b64decode(data), xdata) >= 0.999
+
+        await wait_for(page_matches_x, timeout=15, interval=0.3, what="the page to show the X screen")
+
+        # Through the page: the pointer onto the xterm (X gives it the keyboard), then keys.
+        left, top = await tools.js("(() => { const r = document.querySelector('#screen canvas')"
+                                   ".getBoundingClientRect(); return [r.left, r.top]; })()")
+        await tools.call("Input.dispatchMouseEvent", type="mouseMoved", x=left + 100, y=top + 60)
+        await tools.type("touch typed-through-the-page\n")
+        await wait_for(lambda: (tmp_path / "typed-through-the-page").exists(), timeout=10,
+                       what="the xterm's shell to run what the page typed")
+
+        # A screenshot of the page, against the X server's capture of the same pixels.
+        await wait_for(page_matches_x, timeout=10, interval=0.3, what="the page to catch up")
+        shot = await tools.call("Page.captureScreenshot", format="png",
+                                clip={"x": left, "y": top, "width": 240, "height": 48, "scale": 1})
+        png = base64.b64decode(shot["data"])
+        (tmp_path / "viewer.png").write_bytes(png)
+        sw, sh, srgb = png_rgb(png)
+        xw, xh, xrgb = xwd_rgb(display)
+        assert (sw, sh) == (240, 48)
+        # (the xterm's first lines: its prompt and what was typed, black on white)
+        expected = region(xrgb, xw, 0, 0, 240, 48)
+        share = same_share(srgb, expected)
+        assert share >= 0.99, f"the screenshot matches the X capture for {share:.1%} of its pixels"
+        assert len({expected[i:i + 3] for i in range(0, len(expected), 3)}) > 1, "not a blank region"
     records = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
     events = [r["event"] for r in records]
     assert "desktop-connect" in events and "desktop-disconnect" in events, events
@@ -311,60 +318,47 @@ def xdotool(display: str, *args: str) -> None:
 
 @pytest.mark.skipif(shutil.which("xdotool") is None, reason="needs xdotool (apt-get install xdotool)")
 async def test_the_toolbar_clipboard_both_ways_ctrl_alt_del_and_full_screen(tmp_path):
-    async with x_desktop(tmp_path) as (display, vnc_port):
-        service = DesktopService(DesktopConfig(vnc=f"tcp://127.0.0.1:{vnc_port}", listen=["tcp://127.0.0.1:0"],
-                                               audit_log=tmp_path / "audit.log"))
-        await service.start()
-        try:
-            (url,) = service.urls()
-            async with browser("chromium", url, tmp_path):
-                tools = await DevTools.open(tmp_path / "profile", url.split("#")[0])
-                try:
-                    await tools.call("Emulation.setFocusEmulationEnabled", enabled=True)
-                    await wait_for(lambda: tools.check("document.getElementById('status').textContent === 'connected'"
-                                                       " && !document.getElementById('cad').disabled"),
-                                   timeout=20, what="the viewer to connect")
-                    xdotool(display, "mousemove", "100", "60")  # over the xterm: it has the keyboard (no WM)
+    async with desktop_in_chromium(tmp_path) as (display, _url, tools):
+        await wait_for(lambda: tools.check("document.getElementById('status').textContent === 'connected'"
+                                           " && !document.getElementById('cad').disabled"),
+                       timeout=20, what="the viewer to connect")
+        xdotool(display, "mousemove", "100", "60")  # over the xterm: it has the keyboard (no WM)
 
-                    # Ctrl-Alt-Del from the button reaches the desktop: xterm turns it into CSI 3;7~, which
-                    # `cat -v` writes out as text.
-                    xdotool(display, "type", "--delay", "15", "cat -v > cad.txt")
-                    xdotool(display, "key", "Return")
-                    await asyncio.sleep(0.3)  # cat is reading
-                    await tools.js("document.getElementById('cad').click()")
-                    await asyncio.sleep(0.5)
-                    xdotool(display, "key", "Return")
-                    xdotool(display, "key", "ctrl+d")
-                    await wait_for(lambda: "^[[3;7~" in (tmp_path / "cad.txt").read_text()
-                                   if (tmp_path / "cad.txt").exists() else False,
-                                   timeout=10, what="Ctrl-Alt-Del in the xterm")
+        # Ctrl-Alt-Del from the button reaches the desktop: xterm turns it into CSI 3;7~, which
+        # `cat -v` writes out as text.
+        xdotool(display, "type", "--delay", "15", "cat -v > cad.txt")
+        xdotool(display, "key", "Return")
+        await asyncio.sleep(0.3)  # cat is reading
+        await tools.js("document.getElementById('cad').click()")
+        await asyncio.sleep(0.5)
+        xdotool(display, "key", "Return")
+        xdotool(display, "key", "ctrl+d")
+        await wait_for(lambda: "^[[3;7~" in (tmp_path / "cad.txt").read_text()
+                       if (tmp_path / "cad.txt").exists() else False,
+                       timeout=10, what="Ctrl-Alt-Del in the xterm")
 
-                    # The page's clipboard to the desktop's: Send, then a middle click pastes it in the xterm.
-                    await tools.js("document.getElementById('clip').click()")
-                    assert await tools.js("!document.getElementById('clipboard').hidden")
-                    await tools.js("(() => { document.getElementById('cliptext').value = 'touch pasted-from-page';"
-                                   " document.getElementById('clipsend').click(); return true })()")
-                    await asyncio.sleep(0.5)
-                    xdotool(display, "click", "2")
-                    xdotool(display, "key", "Return")
-                    await wait_for(lambda: (tmp_path / "pasted-from-page").exists(), timeout=10,
-                                   what="the xterm to run what was pasted from the page")
+        # The page's clipboard to the desktop's: Send, then a middle click pastes it in the xterm.
+        await tools.js("document.getElementById('clip').click()")
+        assert await tools.js("!document.getElementById('clipboard').hidden")
+        await tools.js("(() => { document.getElementById('cliptext').value = 'touch pasted-from-page';"
+                       " document.getElementById('clipsend').click(); return true })()")
+        await asyncio.sleep(0.5)
+        xdotool(display, "click", "2")
+        xdotool(display, "key", "Return")
+        await wait_for(lambda: (tmp_path / "pasted-from-page").exists(), timeout=10,
+                       what="the xterm to run what was pasted from the page")
 
-                    # The desktop's selection to the page: a word selected in the xterm shows in the panel.
-                    xdotool(display, "type", "--delay", "15", "clear; echo remoteclipword")
-                    xdotool(display, "key", "Return")
-                    await asyncio.sleep(0.5)
-                    xdotool(display, "mousemove", "20", "8", "click", "--repeat", "2", "1")  # the first row's word
-                    await wait_for(lambda: tools.check(
-                        "document.getElementById('cliptext').value.includes('remoteclipword')"),
-                                   timeout=10, what="the desktop's selection in the page's clipboard panel")
+        # The desktop's selection to the page: a word selected in the xterm shows in the panel.
+        xdotool(display, "type", "--delay", "15", "clear; echo remoteclipword")
+        xdotool(display, "key", "Return")
+        await asyncio.sleep(0.5)
+        xdotool(display, "mousemove", "20", "8", "click", "--repeat", "2", "1")  # the first row's word
+        await wait_for(lambda: tools.check(
+            "document.getElementById('cliptext').value.includes('remoteclipword')"),
+                       timeout=10, what="the desktop's selection in the page's clipboard panel")
 
-                    # Full screen: the button asks the browser, which grants it to a click.
-                    await tools.call("Runtime.evaluate", expression="document.getElementById('full').click()",
-                                     userGesture=True)
-                    await wait_for(lambda: tools.check("document.fullscreenElement !== null"), timeout=10,
-                                   what="the page in full screen")
-                finally:
-                    await tools.ws.aclose()
-        finally:
-            await service.aclose()
+        # Full screen: the button asks the browser, which grants it to a click.
+        await tools.call("Runtime.evaluate", expression="document.getElementById('full').click()",
+                         userGesture=True)
+        await wait_for(lambda: tools.check("document.fullscreenElement !== null"), timeout=10,
+                       what="the page in full screen")
