@@ -171,6 +171,8 @@ def _chat_connections(chat: Any) -> list[dict[str, Any]]:
     """IRC connections are callback connections (no Stream): the sockets view reads them here."""
     import time
 
+    from socketkit.dashboard.sockets import address_text
+
     now = time.time()
     rows = []
     for server in chat.servers:
@@ -184,17 +186,11 @@ def _chat_connections(chat: Any) -> list[dict[str, Any]]:
                 info["account"] = c.account
             if conn.write_buffer_size:
                 info["queued"] = conn.write_buffer_size
-            rows.append({"id": c.cid, "peer": _address(peer), "local": _address(conn.local),
+            rows.append({"id": c.cid, "peer": address_text(peer), "local": address_text(conn.local),
                          "protocol": "irc over tls" if conn.tls else "irc over tcp",
                          "age": round(now - c.connected, 1), "bytes_in": conn.bytes_in, "bytes_out": conn.bytes_out,
                          "idle": round(now - c.last_active, 1) if c.last_active else 0.0, "info": info})
     return rows
-
-
-def _address(addr: Any) -> str:
-    if isinstance(addr, tuple):
-        return f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
-    return str(addr or "")
 
 
 def _close_chat(chat: Any, conn_id: Any) -> bool:
@@ -237,6 +233,7 @@ async def _start_remote(ctx: UpContext) -> list[Server]:
     import time
     from pathlib import Path
 
+    from socketkit.dashboard.sockets import address_text
     from socketkit.remote.server import RemoteConfig, start_remote
 
     keys = Path.home() / ".ssh" / "authorized_keys"
@@ -260,7 +257,7 @@ async def _start_remote(ctx: UpContext) -> list[Server]:
             key = s.get("cert_id") or s.get("fingerprint") or ""
             st = states.get(s["conn"])
             rows.append({"id": s["conn"], "peer": s["peer"],
-                         "local": f"{st.local_ip}:{st.local_port}" if st is not None else "",
+                         "local": address_text((st.local_ip, st.local_port)) if st is not None else "",
                          "protocol": f"ssh {s['kind']}",
                          "age": round(now() - s["started"], 1) if isinstance(s.get("started"), (int, float)) else 0,
                          "bytes_in": st.bytes_in if st is not None else 0,

@@ -16,7 +16,8 @@ from typing import Any
 from socketkit.net.server import Server
 
 
-def _addr(value: Any) -> str:
+def address_text(value: Any) -> str:
+    """A socket address as the sockets view shows it: host:port, [v6]:port, or a path."""
     if isinstance(value, tuple) and len(value) >= 2:
         host = value[0]
         try:
@@ -74,7 +75,7 @@ def describe_stream(stream: Any, now: float, watch: SocketWatch) -> dict[str, An
     except Exception:  # noqa: BLE001
         local = peer = None
     return {
-        "id": id(stream), "local": _addr(local), "peer": _addr(peer), "protocol": proto,
+        "id": id(stream), "local": address_text(local), "peer": address_text(peer), "protocol": proto,
         "age": round(now - getattr(stream, "opened_at", now), 1), "bytes_in": stream.bytes_in,
         "bytes_out": stream.bytes_out, "idle": round(watch.idle(stream, now), 1), "info": info,
     }

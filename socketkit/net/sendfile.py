@@ -82,14 +82,21 @@ def send_file_nowait(stream: Stream, file: Any, offset: int, count: int) -> int:
     fd_out = _socket_fd(stream)
     if fd_out < 0:
         return 0
-    try:
-        n = os.sendfile(fd_out, file.fileno(), offset, count)
-    except BlockingIOError:
+    n = _sendfile_once(stream, fd_out, file.fileno(), offset, count)
+    if n < 0:
         return 0
-    except OSError as e:
-        raise _error(stream, e) from e
     stream.bytes_out += n
     return n
+
+
+def _sendfile_once(stream: Stream, fd_out: int, fd_in: int, offset: int, count: int) -> int:
+    """One sendfile(2) to the stream's socket: the bytes sent, -1 when the socket is full."""
+    try:
+        return os.sendfile(fd_out, fd_in, offset, count)
+    except BlockingIOError:
+        return -1
+    except OSError as e:
+        raise _error(stream, e) from e
 
 
 async def _behind_the_transport(stream: Stream, file: Any, offset: int, count: int, zero_copy: bool) -> int:
@@ -111,12 +118,9 @@ async def _behind_the_transport(stream: Stream, file: Any, offset: int, count: i
             n = 0
             full = False
             if fd_out >= 0:
-                try:
-                    n = os.sendfile(fd_out, fd_in, offset, min(count, _SENDFILE_MAX))
-                except BlockingIOError:
+                n = _sendfile_once(stream, fd_out, fd_in, offset, min(count, _SENDFILE_MAX))
+                if n < 0:
                     n, full = 0, True
-                except OSError as e:
-                    raise _error(stream, e) from e
                 if n == 0 and not full and os.fstat(fd_in).st_size <= offset:
                     break  # the file shrank under us: the caller sees a short count
             if full and watch is not False:

@@ -155,7 +155,7 @@ class HTTPHandler:
             server_header = self.server_header
 
             def quick(data: bytes) -> bool:
-                """A request for a small cached file, answered inside data_received while the handler waits
+                """A request for a cached file, answered inside data_received while the handler waits
                 between requests: the same response the loop below sends, without resuming the handler."""
                 nonlocal pre
                 if stream._writing_paused:
@@ -167,10 +167,7 @@ class HTTPHandler:
                         if req.keep_alive and req.upgrade is None:
                             hit = cached_response(req.method, req.path, req.raw_path, req.headers)
                             if hit is not None:
-                                clock = _clock
-                                if not clock.since <= _time() < clock.until:
-                                    clock.tick()
-                                extra = clock.lines if server_header else clock.lines_no_server
+                                extra = _clock.extra(server_header)
                                 body = hit[1]
                                 if type(body) is bytes:
                                     stream.send_nowait(conn.response(200, hit[0], body, extra))
