@@ -32,6 +32,17 @@ def redis_dir() -> str:
     return tempfile.mkdtemp(prefix="socketkit-redis-")
 
 
+async def first_across(sender: Any, receiver: Any, channel: str, text: str, *, tries: int, what: str) -> Any:
+    """Send numbered lines to `channel` until the receiver gets one (a node may still be finding its way back
+    to Redis): the first PRIVMSG that crossed."""
+    for i in range(tries):
+        await sender.send(f"PRIVMSG {channel} :{text} {i}")
+        try:
+            return await receiver.expect("PRIVMSG", timeout=0.2)
+        except AssertionError:
+            continue
+    raise AssertionError(f"no message crossed {what}")
+
 # -- a redis-server per module --------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -381,15 +392,7 @@ async def test_redis_restart_messages_flow_again(redis: Redis, caplog: pytest.Lo
         started = time.monotonic()
         await wait_for(lambda: a.service.backplane.connected.is_set() and b.service.backplane.connected.is_set(),
                        timeout=5, what="both nodes reconnecting")
-        for i in range(50):
-            await alice.send(f"PRIVMSG #x :again {i}")
-            try:
-                got = await bob.expect("PRIVMSG", timeout=0.2)
-                break
-            except AssertionError:
-                continue
-        else:
-            raise AssertionError("no message crossed after redis came back")
+        got = await first_across(alice, bob, "#x", "again", tries=50, what="after redis came back")
         assert got.params[1].startswith("again") and time.monotonic() - started < 8
         # Membership was resynchronized: B learned carol (joined during the outage), everyone kept alice.
         await wait_for(lambda: knows(b, "carol"), what="B learning carol after the resync")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from helpers import wait_for
-from test_backplane import REDIS, WAIT, Client, _free_port, join, nodes, redis_call, redis_dir
+from test_backplane import REDIS, WAIT, Client, _free_port, first_across, join, nodes, redis_call, redis_dir
 
 from socketkit.chat.redis_link import BackplaneError, parse_url
 from socketkit.chat.server import ChatConfig, ChatService
@@ -220,15 +220,7 @@ async def _sentinel_scenario(master: int, replica: int, sport: int) -> None:
         await wait_for(lambda: _failover(sport), timeout=15, what="the sentinel starting a failover")
         await wait_for(lambda: int(redis_call(sport, "SENTINEL", "get-master-addr-by-name", "mymaster")[1])
                        == replica, timeout=10, what="the sentinel naming the new master")
-        for i in range(100):
-            await alice.send(f"PRIVMSG #f :after the failover {i}")
-            try:
-                got = await bob.expect("PRIVMSG", timeout=0.2)
-                break
-            except AssertionError:
-                continue
-        else:
-            raise AssertionError("no message crossed after the failover")
+        got = await first_across(alice, bob, "#f", "after the failover", tries=100, what="after the failover")
         assert got.params[1].startswith("after the failover")
         assert b"role:master" in redis_call(replica, "INFO", "replication")
         await alice.close()
