@@ -26,8 +26,9 @@ import pytest
 from socketkit.net.server import Server, start_server
 from socketkit.net.stream import Stream
 
-# Long enough for a loaded CI machine's loopback, short enough that a hang fails fast.
-WAIT = 5.0
+# Long enough for a loaded 2-core CI machine running two test workers and a browser, short enough that a
+# hang fails fast.
+WAIT = 10.0
 REPO = Path(__file__).resolve().parent.parent
 
 

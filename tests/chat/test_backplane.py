@@ -22,7 +22,7 @@ from socketkit.chat.server import ChatConfig, ChatService
 from socketkit.net.connect import connect
 from socketkit.proto.irc import Message, parse
 
-WAIT = 5.0
+WAIT = 10.0
 REDIS = shutil.which("redis-server") or ("/usr/bin/redis-server" if shutil.which("/usr/bin/redis-server") else None)
 
 

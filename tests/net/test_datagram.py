@@ -17,7 +17,7 @@ from socketkit.net.limits import Limits
 from socketkit.net.loop import loop_name
 
 # Short enough to keep the suite quick, long enough for a loaded CI machine's loopback.
-WAIT = 5.0
+WAIT = 10.0
 # For "nothing should arrive" checks we send a unicast marker after the datagram that must not arrive,
 # so the check waits for the marker instead of sleeping.
 

@@ -255,7 +255,7 @@ import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
-WAIT = 5.0
+WAIT = 10.0
 
 
 @dataclass

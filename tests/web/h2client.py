@@ -14,7 +14,7 @@ import h2.events
 import h2.settings
 import hyperframe.frame as F
 
-WAIT = 5.0
+WAIT = 10.0
 
 
 class H2Client:

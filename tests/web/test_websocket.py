@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidS
 import socketkit.web
 from socketkit.web.websocket_handshake import accept_key
 
-WAIT = 5.0
+WAIT = 10.0
 
 
 @contextlib.asynccontextmanager
