@@ -237,6 +237,14 @@ class Server:
         self._accepting = False
         for srv in self._servers:
             srv.close()
+        for stream in list(self._streams):
+            stream.stopping = True
+            hook, stream.when_stopping = stream.when_stopping, None
+            if hook is not None:  # it waits between messages: it ends now rather than after the drain
+                try:
+                    hook()
+                except Exception:  # noqa: BLE001 - one connection's failure must not stop the rest
+                    log.exception("%s: closing an idle connection failed", self.name)
         if self._streams and drain > 0:
             await asyncio.wait(list(self._streams.values()), timeout=drain)
         for stream in list(self._streams):

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import functools
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from socketkit.errors import (
@@ -131,6 +131,12 @@ class Stream(FramedReads, Lifecycle):
         # While its handler is parked between messages, a protocol may answer a whole message right where
         # it arrives (True: done, the handler stays parked), without resuming the handler (web/http.py)
         self._quick: Any = None  # Callable[[bytes], bool] | None
+        # Graceful stop. A handler waiting between messages (an HTTP keep-alive connection between
+        # requests) sets `when_stopping`; a server that begins to stop calls it (the handler closes
+        # politely at once) rather than waiting its whole drain for a connection that owes nothing.
+        # `stopping` tells a handler that gets back to waiting later to end there.
+        self.when_stopping: Callable[[], None] | None = None
+        self.stopping = False
         self._abort_handle: asyncio.TimerHandle | None = None  # bounds the flush after close()
         self.bytes_in = 0
         self.bytes_out = 0

@@ -11,7 +11,7 @@ import ssl
 import struct
 from typing import TYPE_CHECKING
 
-from socketkit.errors import DeadlineError, PeerResetError, TLSError
+from socketkit.errors import DeadlineError, PeerResetError, SocketkitError, TLSError
 
 if TYPE_CHECKING:
     from socketkit.net.stream import Stream
@@ -83,6 +83,34 @@ class Lifecycle:
                 self._abort_handle = self._loop.call_later(self.limits.drain_timeout, self._abort_if_alive)
         self._wake_reader()
         self._wake_drain()
+
+    async def close_lingering(self: Stream, timeout: float = 5.0, max_bytes: int = 16 << 20) -> None:
+        """Close without destroying the last reply: half-close (plain TCP and Unix), then read and drop
+        what the peer still sends until its EOF, for at most `timeout` seconds and `max_bytes` bytes.
+
+        Closing a socket with unread input makes the kernel answer with a reset, and a reset that reaches
+        the peer before it has read our reply discards that reply (RFC 9112 9.6: "lingering close").
+        """
+        try:
+            if self._lost or self._closing or self._transport is None:
+                return
+            if not self._eof_sent and not self._is_tls and self._transport.can_write_eof():
+                await self.send_eof()
+            loop = self._loop
+            deadline = loop.time() + timeout
+            left = max_bytes
+            while left > 0:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                data = await self.receive(min(left, 65536), timeout=remaining)
+                if not data:
+                    break
+                left -= len(data)
+        except (SocketkitError, OSError):
+            pass  # the peer left or the time is up: nothing more to wait for
+        finally:
+            self.close()
 
     def _abort_if_alive(self: Stream) -> None:
         self._abort_handle = None

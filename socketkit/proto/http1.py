@@ -124,6 +124,12 @@ class ServerConnection(ResponseWriter):
         """True once the peer has sent EOF (`receive(b"")`)."""
         return self._eof
 
+    @property
+    def refused(self) -> bool:
+        """True after an `Error` while the peer has not sent EOF: it may still be sending the request we
+        refused (a body too large, say), so close lingering rather than at once (RFC 9112 9.6)."""
+        return self._dead and not self._eof
+
     def receive(self, data: bytes) -> list[Event]:
         """Feed bytes from the peer (b"" = EOF); returns the events of the current request."""
         if self._holding or self._blocked:

@@ -14,7 +14,7 @@ import socket
 from typing import Any
 
 from socketkit.dashboard.metrics import HISTOGRAMS
-from socketkit.errors import DeadlineError, PeerResetError
+from socketkit.errors import ClosedError, DeadlineError, PeerResetError
 from socketkit.net.stream import _SENT, Stream
 from socketkit.proto.http1 import (
     ConnectionClosed,
@@ -149,6 +149,13 @@ class HTTPHandler:
             except (PeerResetError, ConnectionError, DeadlineError):
                 stream.close()
                 return
+        def close_idle() -> None:
+            """The server stops while this connection waits between requests: close it now, unless a
+            request has come in that the handler has yet to take (it is answered, then the connection
+            ends: `stream.stopping`)."""
+            if not stream._buf and stream._handoff is None:
+                stream.close()
+
         quick = None
         pre: Any = None  # what quick() parsed and left for the loop below: events, or what the parse raised
         if cached_response is not None and not self.access_log:
@@ -228,11 +235,14 @@ class HTTPHandler:
                             return
                     else:
                         head_deadline = None
+                        if stream.stopping:
+                            return  # the server stops: a connection between requests ends here
                         stream._quick = quick
+                        stream.when_stopping = close_idle
                         try:
                             data = await stream.receive()  # between requests: the idle timeout applies
                         finally:
-                            stream._quick = None
+                            stream._quick = stream.when_stopping = None
                     if pre is not None:
                         events, pre = pre, None
                         if events is _CLOSE:
@@ -371,16 +381,20 @@ class HTTPHandler:
                         _observe(_time() - started)
                     if stream.closed:
                         return
+                    if conn.refused:  # the request's body broke a limit: the cycle answered it
+                        await stream.close_lingering()
+                        return
                     events = conn.next_request()
                     if events is None:
                         return
                     i = 0
                 elif kind is Error:
                     await stream.send(error_response(event.status, event.reason))
+                    await stream.close_lingering()
                     return
                 elif kind is ConnectionClosed:
                     return
-        except (PeerResetError, ConnectionError):
+        except (PeerResetError, ConnectionError, ClosedError):  # (closed: by a stopping server, say)
             return
         finally:
             stream.close()

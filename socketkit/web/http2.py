@@ -95,34 +95,24 @@ class H2Connection:
             stream.close()
 
     async def _linger(self) -> None:
-        """After our GOAWAY: read and drop what the peer still sends, a little while (nginx's lingering
-        close). Closing with its bytes unread would make the kernel answer with a reset, and the peer could
-        lose the GOAWAY that says why."""
+        """After our GOAWAY: read and drop what the peer still sends, a little while, so that the peer does
+        not lose the GOAWAY that says why to a reset (see Stream.close_lingering)."""
         self._write()
-        stream = self.stream
-        deadline = self.loop.time() + _LINGER_SECONDS
-        dropped = 0
-        try:
-            if stream.extra("ssl_object") is None:
-                await stream.send_eof()
-            while dropped < _LINGER_BYTES:
-                left = deadline - self.loop.time()
-                if left <= 0:
-                    return
-                data = await stream.receive(timeout=left)
-                if not data:
-                    return
-                dropped += len(data)
-        except (DeadlineError, SocketkitError, ConnectionError):
-            return
+        await self.stream.close_lingering(_LINGER_SECONDS, _LINGER_BYTES)
 
     async def _read(self) -> bytes | None:
         """The next bytes; b"" at EOF; None when the connection should close (idle, or a head too slow)."""
         machine = self.machine
+        idle = False
         if machine.header_block_pending:
             timeout = self.request_timeout  # a header block split into CONTINUATIONs that never ends
         elif not self.requests:
             timeout = self.idle_timeout  # nothing asked: idle (a GOAWAY, then close)
+            if self.stream.stopping:
+                self._goaway()
+                return None  # the server stops: an idle connection ends here
+            idle = True
+            self.stream.when_stopping = self._stop_idle
         else:
             timeout = None  # requests run: the server's idle sweep watches the connection
         try:
@@ -134,6 +124,25 @@ class H2Connection:
             except (h2.exceptions.ProtocolError, SocketkitError, ConnectionError):
                 pass
             return None
+        finally:
+            if idle:
+                self.stream.when_stopping = None
+
+    def _goaway(self) -> None:
+        """A GOAWAY that says no error, written now."""
+        try:
+            self.h2.close_connection(ErrorCodes.NO_ERROR)
+        except h2.exceptions.ProtocolError:
+            return
+        self._write()
+
+    def _stop_idle(self) -> None:
+        """The server stops while nothing is asked on this connection: say GOAWAY and close it now,
+        unless bytes have come in that the loop has yet to read (it ends once their requests are done)."""
+        stream = self.stream
+        if not stream._buf and stream._handoff is None:
+            self._goaway()
+            stream.close()
 
     def _event(self, event: Any) -> None:
         kind = type(event)

@@ -8,6 +8,7 @@ runs while the app does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -260,7 +261,10 @@ class Cycle:
                     if kind is Error and not self.head_sent:
                         self.head_sent = self.complete = True
                         await self.stream.send(error_response(event.status, event.reason))
-                        self.stream.close()
+                        # The handler closes lingering once the app returns (the peer may still be sending
+                        # the body, and closing now could reset the answer away): half-close meanwhile.
+                        with contextlib.suppress(SocketkitError, OSError):  # (TLS cannot half-close)
+                            await self.stream.send_eof()
                     return _DISCONNECT
             try:
                 data = await self.stream.receive(timeout=self.handler.request_timeout)
