@@ -212,16 +212,17 @@ def test_every_verify_runs_the_kdf_once(store, kdf_calls, name):
 def test_unknown_user_verify_takes_kdf_time(store):
     store.add("alice", PW)
 
-    def best(name):
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            store.verify(name, "wrong password")
-            times.append(time.perf_counter() - t)
-        return min(times)
+    def once(name):
+        t = time.perf_counter()
+        store.verify(name, "wrong password")
+        return time.perf_counter() - t
 
-    known, unknown = best("alice"), best("nobody")
-    assert unknown >= known * 0.5 and known >= unknown * 0.5, (known, unknown)
+    # Interleaved, best of five each: a burst of load on the CI machine slows both names alike instead of
+    # all the runs of one. Without the KDF an unknown name would take well under a hundredth of the time,
+    # so a factor of three still tells the two apart.
+    runs = [(once("alice"), once("nobody")) for _ in range(5)]
+    known, unknown = min(k for k, _ in runs), min(u for _, u in runs)
+    assert unknown >= known / 3 and known >= unknown / 3, (known, unknown)
 
 
 # -- file safety, processes, threads ----------------------------------------------------------------------
@@ -389,6 +390,7 @@ def _cli(*args: str, input: str = "", cwd: Path, env: dict) -> subprocess.Comple
                           capture_output=True, cwd=cwd, env=env, timeout=60)
 
 
+@pytest.mark.timeout(180)   # a dozen CLI processes in a row: 13 s on a quiet-ish machine, more under CI load
 def test_cli_round_trip(tmp_path):
     env = {**os.environ, "SOCKETKIT_DATA": str(tmp_path / "data"),
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

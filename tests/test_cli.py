@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import pytest
-from helpers import Spawned, cli_env, listening_url, refused_port, run_cli, wait_until
+from helpers import WAIT, Spawned, cli_env, listening_url, refused_port, run_cli, wait_until
 
 
 def _one_line_error(result, *needles: str) -> str:
@@ -119,7 +119,7 @@ def test_up_prints_where_it_listens_and_stops_on_sigint():
     with Spawned("up", "--host", "127.0.0.1", "--only", "echo") as up:
         m = up.read_until(r"echo\s+(tcp://127\.0\.0\.1:7007)", stream="stdout", timeout=10)
         assert m.group(1) == "tcp://127.0.0.1:7007"
-        with socket.create_connection(("127.0.0.1", 7007), timeout=5) as c:
+        with socket.create_connection(("127.0.0.1", 7007), timeout=WAIT) as c:
             c.sendall(b"up?\n")
             assert c.recv(100) == b"up?\n"
         up.signal(signal.SIGINT)

@@ -59,8 +59,9 @@ def _call(coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
         raise RuntimeError("socketkit.sync cannot be used from inside its own event loop")
     future = asyncio.run_coroutine_threadsafe(coro, loop)
     try:
-        # The coroutine carries its own timeout; the extra second only guards against a stuck loop.
-        return future.result(None if timeout is None else timeout + 1.0)
+        # The coroutine carries its own timeout, counted from when the loop starts it; this wait only guards
+        # against a stuck loop, so it allows the loop as long again (at least a second) to get to it.
+        return future.result(None if timeout is None else 2 * timeout + 1.0)
     except DeadlineError:
         raise
     except concurrent.futures.TimeoutError:  # (an alias of TimeoutError: ours is handled above)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,13 +16,14 @@ from typing import Any
 
 import pytest
 from helpers import wait_for
-from test_backplane import REDIS, WAIT, Client, _free_port, first_across, join, nodes, redis_call, redis_dir
+from test_backplane import REDIS, WAIT, Client, first_across, join, nodes, redis_call, redis_dir, reserve_port
 
 from socketkit.chat.redis_link import BackplaneError, parse_url
 from socketkit.chat.server import ChatConfig, ChatService
 
 needs_redis = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (Debian: redis-server)")
-FAST = "heartbeat=0.3&backoff_max=0.4"
+# Fast heartbeats and reconnects; a TTL a loaded machine cannot outlast by accident (see Redis.url).
+FAST = "heartbeat=0.3&ttl=5&backoff_max=0.4"
 
 
 # -- URLs --------------------------------------------------------------------------------------------------
@@ -53,7 +55,9 @@ def test_urls() -> None:
 def redis_server(*args: str, port: int | None = None, check: Any = None, tls: bool = False) -> Iterator[int]:
     """A redis-server with `args` on `port` (its TLS port with `tls`); yields the port once `check(port)`
     (default: PING) answers."""
-    port = port or _free_port()
+    hold = None
+    if port is None:
+        port, hold = reserve_port()  # held while the server runs (see reserve_port)
     where = ("--port", "0", "--tls-port", str(port)) if tls else ("--port", str(port))
     proc = subprocess.Popen([REDIS, "--save", "", "--appendonly", "no", "--bind", "127.0.0.1",
                              "--protected-mode", "no", "--dir", (scratch := redis_dir()), *where, *args], cwd=scratch,
@@ -73,6 +77,9 @@ def redis_server(*args: str, port: int | None = None, check: Any = None, tls: bo
     finally:
         proc.kill()
         proc.wait(5)
+        shutil.rmtree(scratch, ignore_errors=True)
+        if hold is not None:
+            hold.close()
 
 
 async def chat_between(url: str, **options: Any) -> None:
@@ -157,7 +164,7 @@ async def test_rediss_with_a_ca(tmp_path: Path) -> None:
 # -- Sentinel -------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def sentinel(master_port: int, tmp_path: Path) -> Iterator[int]:
-    port = _free_port()
+    port, hold = reserve_port()
     conf = tmp_path / f"sentinel-{port}.conf"  # a sentinel rewrites its config: a file of its own
     conf.write_text(f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {tmp_path}\n"
                     f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
@@ -180,6 +187,7 @@ def sentinel(master_port: int, tmp_path: Path) -> Iterator[int]:
     finally:
         proc.kill()
         proc.wait(5)
+        hold.close()
 
 
 @needs_redis
@@ -248,32 +256,36 @@ def test_workers_share_the_port_and_the_channels(tmp_path: Path) -> None:
             while len(redis_call(rport, "SMEMBERS", "socketkit:chat:socketkit:nodes")) < 2:
                 assert time.monotonic() < wait_for_nodes, "two nodes in redis"
                 time.sleep(0.02)
+
+            def read_until(s: socket.socket, needle: bytes) -> bytes:
+                """Read until `needle`; each read bounded by the socket's timeout, a close is a failure."""
+                buf = b""
+                while needle not in buf:
+                    chunk = s.recv(65536)
+                    assert chunk, f"closed before {needle!r}; got {buf[-2000:]!r}"
+                    buf += chunk
+                return buf
+
             socks = []
             try:
                 for i in range(8):
                     s = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
                     s.sendall(f"NICK w{i}\r\nUSER w{i} 0 * :w\r\nJOIN #w\r\n".encode())
                     socks.append(s)
-                got = [b""] * len(socks)
-                for i, s in enumerate(socks):
-                    while b" 366 " not in got[i]:
-                        got[i] += s.recv(65536)
+                for s in socks:
+                    read_until(s, b" 366 ")
                 # everyone sees everyone in #w, whichever process holds them
                 deadline = time.monotonic() + WAIT
                 while True:
                     socks[0].sendall(b"NAMES #w\r\n")
-                    names = b""
-                    while b" 366 " not in names:
-                        names += socks[0].recv(65536)
+                    names = read_until(socks[0], b" 366 ")
                     if all(f"w{i}".encode() in names for i in range(8)):
                         break
                     assert time.monotonic() < deadline, names
                     time.sleep(0.05)
                 socks[0].sendall(b"PRIVMSG #w :to every worker\r\n")
                 for s in socks[1:]:
-                    buf = b""
-                    while b"to every worker" not in buf:
-                        buf += s.recv(65536)
+                    read_until(s, b"to every worker")
             finally:
                 for s in socks:
                     s.close()

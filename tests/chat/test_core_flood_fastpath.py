@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_core_harness import Net, room
 
@@ -119,7 +119,7 @@ _targets = st.one_of(st.from_regex(r"#[a-z0-9_\-]{1,20}", fullmatch=True), st.fr
 _texts = st.text(st.characters(blacklist_characters="\r\n\0", blacklist_categories=("Cs",)), max_size=200)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(["PRIVMSG", "NOTICE"]), _targets, _texts)
 def test_fast_message_parse_equals_parse(command, target, text):
     line = f"{command} {target} :{text}".encode()
@@ -128,7 +128,7 @@ def test_fast_message_parse_equals_parse(command, target, text):
     assert Message({}, None, m[1].decode(), [m[2].decode(), m[3].decode()]) == parse(line)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=80))
 def test_fast_message_never_takes_what_parse_reads_differently(raw):
     line = b"PRIVMSG " + raw
@@ -142,7 +142,7 @@ def test_fast_message_never_takes_what_parse_reads_differently(raw):
     assert fast == parse(line)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_texts, st.sampled_from(["PRIVMSG", "NOTICE"]))
 def test_relay_line_equals_message_format(text, command):
     net = Net()

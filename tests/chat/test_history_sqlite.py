@@ -199,7 +199,7 @@ async def test_first_joiner_after_restart_gets_the_replay(tmp_path: Path):
     async with chat_service(data_dir=tmp_path) as svc, clients(svc, "bob") as (bob,):
         await bob.send("JOIN #again")
         await bob.expect("366")
-        got = await bob.expect("PRIVMSG", timeout=1)
+        got = await bob.expect("PRIVMSG")
         assert got.params == ["#again", "remember me"]
 
 

@@ -120,6 +120,7 @@ async def test_a_record_adopted_at_resync_is_rewritten_for_later_nodes(redis: Re
             await cm_a.__aexit__(None, None, None)  # A leaves the network (bye)
             await wait_for(lambda: b.core.lookup_nick("alice") is None, what="B forgetting alice")
             async with nodes(redis, 1) as (c,):
+                await wait_for(lambda: c.service.backplane.connected.is_set(), what="C joining the network")
                 ch = c.core.lookup_channel("#x")
                 key = f"{PREFIX}node:{b.service.backplane.node}:channels"
                 stale = redis_call(redis.port, "HGET", key, "#x")
@@ -153,7 +154,7 @@ async def test_a_bad_channel_record_does_not_cut_a_node_off(redis: Redis) -> Non
         redis_call(redis.port, "PUBLISH", PREFIX + "events", json.dumps({"k": "sync", "n": "evil"}))
         await wait_for(lambda: knows(a, "eve"), what="A loading the other node's hash")
         await bob.send("PRIVMSG #x :still connected?")
-        got = await alice.expect("PRIVMSG", timeout=3)
+        got = await alice.expect("PRIVMSG")
         assert got.params == ["#x", "still connected?"]
         for c in (alice, bob):
             await c.close()
@@ -172,7 +173,7 @@ async def test_a_remote_user_who_is_away_joining_sends_away_notify(redis: Redis)
                        and b.core.lookup_channel("#x"), what="A knowing bob is away, B knowing #x")
         await join(bob, "#x")
         await alice.expect("JOIN", lambda m: m.source.startswith("bob!"))
-        away = await alice.expect("AWAY", lambda m: m.source.startswith("bob!"), timeout=2)
+        away = await alice.expect("AWAY", lambda m: m.source.startswith("bob!"))
         assert away.params == ["lunch"]
         for c in (alice, bob):
             await c.close()

@@ -147,7 +147,7 @@ async def test_a_deop_from_a_lost_ts_is_not_shown_for_a_user_never_seen_as_op(re
         held_b.release()
         await wait_for(lambda: _member_modes(b, "#x", "bob") == "" and _member_modes(a, "#x", "bob") == ""
                        and _member_modes(a, "#x", "alice") == "o" and _member_modes(b, "#x", "alice") == "o",
-                       what="both nodes agreeing alice is the @ of #x", timeout=3)
+                       what="both nodes agreeing alice is the @ of #x")
         await bob.send("PRIVMSG #x :after")  # published by B after its -o: A relays it after too
         await alice.expect("PRIVMSG", lambda m: m.params == ["#x", "after"])
         shown = [line for line in alice.seen if b" MODE #x -o bob" in line]

@@ -278,7 +278,9 @@ async def test_error_numerics_through_the_service():
 
 
 async def test_ping_pong_both_ways():
-    limits = ChatLimits(ping_interval=0.3, ping_timeout=0.6)
+    # ping_timeout leaves room for a loaded machine to be late with alice's answers; bob's silence still
+    # ends him within two seconds.
+    limits = ChatLimits(ping_interval=0.3, ping_timeout=1.5)
     async with chat_service(limits=limits) as svc, clients(svc, "alice", "bob") as (alice, bob):
         await alice.send("PING :are you there")
         pong = await alice.expect("PONG")
@@ -286,19 +288,22 @@ async def test_ping_pong_both_ways():
         # The server PINGs an idle client; answering keeps it, silence ends it with a Ping timeout.
         await alice.join("#p")
         await bob.join("#p")
-        for _ in range(2):
-            ping = await alice.expect("PING", timeout=3)
-            await alice.send(f"PONG :{ping.params[-1]}")
-        await bob.expect("PING", timeout=3)
-        while True:  # alice keeps answering while bob, who does not, times out
+        # alice answers every PING (at least two) while bob, who answers none, times out. One wait for
+        # either line: bob's QUIT may come before or between alice's PINGs, and a wait for a PING alone
+        # would read past it.
+        quit_, answered = None, 0
+        while quit_ is None or answered < 2:
             msg = await alice.expect(where=lambda m: m.command == "PING" or (
-                m.command == "QUIT" and nick_of(m) == "bob"), timeout=5)
+                m.command == "QUIT" and nick_of(m) == "bob"))
             if msg.command == "QUIT":
-                break
-            await alice.send(f"PONG :{msg.params[-1]}")
-        assert "Ping timeout" in msg.params[-1]
+                quit_ = msg
+            else:
+                await alice.send(f"PONG :{msg.params[-1]}")
+                answered += 1
+        assert "Ping timeout" in quit_.params[-1]
         rest = await bob.closed()
         assert any(m.command == "ERROR" and "Ping timeout" in m.params[-1] for m in rest), bob._describe()
+        assert any(m.command == "PING" for m in bob.seen), bob._describe()  # he was asked, and said nothing
         await alice.sync()  # alice, who answered, is still served
 
 
@@ -515,7 +520,8 @@ async def test_flood_is_lagged_then_disconnected_while_others_keep_working():
         start = time.monotonic()
         await alice.send("PRIVMSG #f :still fine")
         got = await bob.expect("PRIVMSG", where=lambda m: nick_of(m) == "alice")
-        assert got.params[-1] == "still fine" and time.monotonic() - start < 1.0
+        # (the bound only tells "served at once" from "held back": a loaded machine may take a second)
+        assert got.params[-1] == "still fine" and time.monotonic() - start < 5.0
 
 
 async def test_fake_lag_delays_but_keeps_order():
@@ -590,7 +596,9 @@ async def test_slow_consumer_is_dropped_with_bounded_memory(monkeypatch):
             assert len(rtts) >= 5, rtts  # several round trips happened while the SendQ filled
             # Memory: the unsent bytes never grew past the bound by more than one flush's worth.
             assert peak[id(slow_conn)] <= sendq + 16 * 1024, peak[id(slow_conn)]
-            assert max(rtts) < 1.0, rtts
+            # No round trip waited for the slow client (that would stall until it was dropped, or for good);
+            # the bound leaves room for a loaded machine.
+            assert max(rtts) < 5.0, rtts
             # The QUIT may have come in before the last round's token, and so already been read past: look
             # in everything alice has seen, after a PING round trip that orders her after the disconnection.
             await alice.sync()

@@ -46,14 +46,26 @@ class Chromium:
         log.close()
         port_file = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + 20
-        while not port_file.exists() or not port_file.read_text().strip():
+
+        def failed(what: str) -> AssertionError:
+            return AssertionError(f"chromium {what}: " + (self.profile / "chromium.log").read_text()[-2000:])
+
+        # The file is written in place: wait for both of its lines (the port, then the browser's path).
+        while not port_file.exists() or len(port_file.read_text().split()) < 2:
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError("chromium did not start: " + (self.profile / "chromium.log").read_text()[-2000:])
+                raise failed("did not start")
             await asyncio.sleep(0.05)
         port = int(port_file.read_text().split()[0])
         async with httpx.AsyncClient(timeout=10) as client:
-            pages = (await client.get(f"http://127.0.0.1:{port}/json/list")).json()
-            page = next(p for p in pages if p.get("type") == "page")
+            # DevTools may answer before the first tab (about:blank) is listed: ask again until it is.
+            while True:
+                pages = (await client.get(f"http://127.0.0.1:{port}/json/list")).json()
+                page = next((p for p in pages if p.get("type") == "page" and p.get("webSocketDebuggerUrl")), None)
+                if page is not None:
+                    break
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise failed(f"listed no page: {pages}")
+                await asyncio.sleep(0.05)
         self.ws = await websockets.connect(page["webSocketDebuggerUrl"], max_size=64 << 20)
         self._reader = asyncio.create_task(self._read())
         await self.send("Page.enable")

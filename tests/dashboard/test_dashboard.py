@@ -70,9 +70,12 @@ async def test_the_dashboard_follows_load_into_every_service(tmp_path):
         for i in range(3):
             await asyncio.to_thread(send_mail, mail_port, f"report {i} ✓")
         echo = socket.create_connection(("127.0.0.1", echo_port))
-        echo.sendall(b"x" * 50_000)
+        # (from a thread: a blocking send on the loop's own thread would wait for buffer room that only
+        # the echo service, on this loop, can make)
+        await asyncio.to_thread(echo.sendall, b"x" * 50_000)
         irc = socket.create_connection(("127.0.0.1", chat_port))
-        irc.sendall(b"NICK dashwatcher\r\nUSER d 0 * :Dash\r\nJOIN #ops\r\nPRIVMSG #ops :hi\r\n")
+        said = b"NICK dashwatcher\r\nUSER d 0 * :Dash\r\nJOIN #ops\r\nPRIVMSG #ops :hi\r\n"
+        irc.sendall(said)
 
         def open_envelope() -> smtplib.SMTP:  # an envelope left in progress (blocking: not on the loop)
             s = smtplib.SMTP("127.0.0.1", mail_port, timeout=10)
@@ -100,7 +103,13 @@ async def test_the_dashboard_follows_load_into_every_service(tmp_path):
             assert {e["subject"] for e in received} == reports
             assert all(e["sender"] == "ann@example.org" and e["size"] > 0 for e in received)
 
-            sockets = {s["name"]: s for s in (await web.get("/api/sockets")).json()["services"]}
+            async def all_read():  # the chat service has read (and answered) all the IRC client sent
+                sockets = {s["name"]: s for s in (await web.get("/api/sockets")).json()["services"]}
+                chat = sockets["chat"]["connections"]
+                done = chat and chat[0]["bytes_in"] == len(said) and chat[0]["info"].get("channels") == 1 \
+                    and chat[0]["bytes_out"] > 500
+                return sockets if done else None
+            sockets = await wait_until(all_read, "the chat service handling the IRC client's lines")
             assert sockets["echo"]["listeners"][0]["endpoint"].endswith(f":{echo_port}")
             envelopes = [c["info"].get("envelope", "") for c in sockets["mail"]["connections"]]
             assert "<carol@example.org> to <dave@example.org>" in envelopes
@@ -110,8 +119,7 @@ async def test_the_dashboard_follows_load_into_every_service(tmp_path):
             irc_local = irc.getsockname()
             assert chat_conns[0]["peer"] == f"{irc_local[0]}:{irc_local[1]}"
             assert chat_conns[0]["local"] == f"127.0.0.1:{chat_port}"
-            sent = len(b"NICK dashwatcher\r\nUSER d 0 * :Dash\r\nJOIN #ops\r\nPRIVMSG #ops :hi\r\n")
-            assert chat_conns[0]["bytes_in"] == sent and chat_conns[0]["bytes_out"] > 500  # the welcome, MOTD, JOIN
+            assert chat_conns[0]["bytes_in"] == len(said) and chat_conns[0]["bytes_out"] > 500  # welcome, MOTD, JOIN
             events = (await web.get("/api/events")).json()["events"]
             assert any(e["kind"] == "channel created" and e["channel"] == "#ops" and e["nick"] == "dashwatcher"
                        for e in events)
@@ -126,7 +134,11 @@ async def test_the_dashboard_follows_load_into_every_service(tmp_path):
             assert any(e["kind"] == "connection closed by the operator" for e in
                        (await web.get("/api/events")).json()["events"])
 
-            status = (await web.get("/api/status")).json()
+            async def chat_emptied():  # the client saw the end; the server forgets it on its own schedule
+                status = (await web.get("/api/status")).json()
+                chat_row = next(s for s in status["services"] if s["name"] == "chat")
+                return status if chat_row["open"] == 0 and chat_row["details"]["channels"] == 0 else None
+            status = await wait_until(chat_emptied, "the closed IRC connection and its channel gone")
             mail_row = next(s for s in status["services"] if s["name"] == "mail")
             assert mail_row["units"] >= 3
             chat_row = next(s for s in status["services"] if s["name"] == "chat")
@@ -254,7 +266,10 @@ async def test_limit_hits_reach_the_event_stream(tmp_path, limit):
     try:
         before = EVENTS.last_id
         keep = socket.create_connection(("127.0.0.1", server.endpoints[0].port))
-        await asyncio.sleep(0.05)
+
+        async def kept():  # accepted (and counted) before the others come
+            return server.stats.open == 1
+        await wait_until(kept, "the first connection accepted")
         for _ in range(3):
             extra = socket.create_connection(("127.0.0.1", server.endpoints[0].port))
             extra.close()

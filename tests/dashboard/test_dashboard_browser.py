@@ -5,6 +5,7 @@ page's memory stays level over a long run (no growing arrays)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 from pathlib import Path
@@ -32,7 +33,9 @@ async def test_the_page_shows_services_charts_sockets_and_events_live(tmp_path):
         for i in range(2):
             await asyncio.to_thread(send_mail, port_of(ctx, "mail"), f"browser check {i}")
         echo = socket.create_connection(("127.0.0.1", port_of(ctx, "echo")))
-        echo.sendall(b"y" * 100_000)
+        # (from a thread: a blocking send on the loop's thread would wait for room only the echo service,
+        # on this loop, can make)
+        await asyncio.to_thread(echo.sendall, b"y" * 100_000)
         try:
             await browser.wait_for("[...document.querySelectorAll('#events li')].some(li => "
                                    "li.textContent.includes('mail received') && li.textContent.includes('browser check 1'))",
@@ -41,12 +44,17 @@ async def test_the_page_shows_services_charts_sockets_and_events_live(tmp_path):
                                    ".some(v => v > 0)", what="a messages/s point for mail on the chart")
             await browser.evaluate("(() => { const s = document.querySelector('#socket-service'); s.value = 'echo';"
                                    " s.dispatchEvent(new Event('change')); return true })()")
-            row = await browser.wait_for("(() => { const r = document.querySelector('#connections tbody tr[data-id]');"
-                                         " return r && r.textContent })()", what="echo's connection in the table")
-            assert "127.0.0.1" in row and "tcp" in row
+            # The table keeps showing the first service's connections (the browser's own, to web) until the
+            # answer for echo arrives: find the row of this very connection, by its peer address.
+            peer = f"127.0.0.1:{echo.getsockname()[1]}"
+            mine = ("[...document.querySelectorAll('#connections tbody tr[data-id]')]"
+                    f".find(r => r.cells[0].textContent === {json.dumps(peer)})")
+            row = await browser.wait_for(f"(() => {{ const r = {mine}; return r && r.textContent }})()",
+                                         what="echo's connection in the table")
+            assert f"127.0.0.1:{port_of(ctx, 'echo')}" in row and "tcp" in row
             await browser.screenshot(ARTIFACTS / "dashboard.png")
             # closing it from the page ends it for the client
-            await browser.evaluate("document.querySelector('#connections tbody tr[data-id] button.close').click()")
+            await browser.evaluate(f"{mine}.querySelector('button.close').click()")
             echo.settimeout(10)
             drained = b""
             while chunk := await asyncio.to_thread(echo.recv, 1 << 20):
@@ -68,14 +76,19 @@ async def test_the_page_keeps_a_level_memory_over_a_long_run(tmp_path):
         await browser.wait_for("document.body.dataset.ready === '1'", what="the page ready")
         await browser.wait_for("state.data.open && state.data.open.data[0].length >= 900",
                                what="the charts full (900 points)")
-        for i in range(400):
-            EVENTS.emit("test event", service="web", n=i)
-        await browser.wait_for("document.querySelectorAll('#events li').length >= 200", what="the event list filled")
+        async def events_shown(mark: str) -> None:
+            """400 events, then one marking their end: the list has them all once the mark is on top."""
+            for i in range(400):
+                EVENTS.emit("test event", service="web", n=i)
+            EVENTS.emit(mark, service="web")
+            await browser.wait_for(f"(document.querySelector('#events li') || {{}}).dataset?.kind === '{mark}'",
+                                   what=f"the event list up to '{mark}'")
+
+        await events_shown("heap mark 1")
+        assert await browser.evaluate("document.querySelectorAll('#events li').length") == 200
         first = await browser.heap()
         await asyncio.sleep(8)  # 80 more ticks: 80 more points per series, the oldest dropped
-        for i in range(400):
-            EVENTS.emit("test event", service="web", n=i)
-        await asyncio.sleep(1)
+        await events_shown("heap mark 2")
         second = await browser.heap()
         assert await browser.evaluate("document.querySelectorAll('#events li').length") == 200
         assert await browser.evaluate("Math.max(...Object.values(state.data).map(d => d.data[0].length))") <= 900
@@ -199,8 +212,8 @@ async def test_the_readme_screenshot_every_service_under_load(tmp_path, monkeypa
             await browser.goto(base(ctx) + "/")
             await browser.wait_for("document.body.dataset.ready === '1'", what="the page ready")
             await asyncio.sleep(3)
-            await transfer()
-            await remote()
+            # (side by side: the whole test has 30 s, and a loaded machine starts Python and ssh slowly)
+            await asyncio.gather(transfer(), remote())
             await asyncio.sleep(4)
             await browser.evaluate("(() => { const s = document.querySelector('#socket-service'); s.value = 'chat';"
                                    " s.dispatchEvent(new Event('change')); return true })()")

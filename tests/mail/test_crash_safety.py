@@ -82,6 +82,7 @@ def body_of(raw: bytes) -> bytes:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)  # 15 server starts on a loaded machine: more than the suite's 60 s per test
 def test_sigkill_never_loses_an_acknowledged_message(tmp_path: Path):
     started = time.monotonic()
     maildir = tmp_path / "mail"
@@ -125,4 +126,6 @@ def test_sigkill_never_loses_an_acknowledged_message(tmp_path: Path):
     assert not lost, f"acknowledged but not in new/: {lost}"
     assert sum(acked_per_round) >= KILLS, f"too few deliveries to mean anything: {acked_per_round}"
     assert os.listdir(maildir / "bob@example.org" / "cur") == []
-    assert time.monotonic() - started < 60
+    # About 16 s on an idle machine, mostly 15 server starts; a loaded CI machine needs room (60 s was
+    # within reach of a slow run that lost nothing).
+    assert time.monotonic() - started < 200

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import gc
 import json
+import os
 import shutil
 import signal
 import smtplib
@@ -287,7 +288,7 @@ async def test_heartbeat_and_close(store: MailStore):
         async with client.stream("GET", "/api/events") as r:
             lines = r.aiter_lines()
             for _ in range(3):
-                assert await read_event(lines, timeout=1) == ("comment", None)
+                assert await read_event(lines) == ("comment", None)
             inbox.close()  # what lifespan shutdown does: every stream ends, cleanly
             async with asyncio.timeout(WAIT):
                 rest = [line async for line in lines]
@@ -383,13 +384,18 @@ async def test_page_in_headless_chromium(store: MailStore, tmp_path: Path):
             chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={profile}", "--remote-debugging-port=0", f"{client.base_url}/#{mid}",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
         try:
             active = profile / "DevToolsActivePort"
-            await wait_for(lambda: active.exists() and active.read_text().strip(), timeout=20)
+            # (two lines, the port and the browser's path: a file read while being written has fewer)
+            await wait_for(lambda: active.exists() and len(active.read_text().split()) >= 2, timeout=20)
             devtools = int(active.read_text().split()[0])
-            targets = (await client.get(f"http://127.0.0.1:{devtools}/json")).json()
-            page = next(t for t in targets if t["type"] == "page")
+
+            async def page_target():
+                targets = (await client.get(f"http://127.0.0.1:{devtools}/json")).json()
+                return next((t for t in targets if t["type"] == "page"), None)
+
+            page = await wait_for(page_target, what="the browser's page target")
             async with ws_connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
                 calls = iter(range(1, 10**6))
 
@@ -424,7 +430,8 @@ async def test_page_in_headless_chromium(store: MailStore, tmp_path: Path):
             assert store.mailbox(BOB).list() and mid not in [m["id"] for m in
                                                             (await client.get("/api/messages")).json()]
         finally:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the browser and every process it started
             await proc.wait()
     # Collect the browser session's cyclic garbage now: on CPython 3.11 its finalizers, run by a later
     # collection inside pytest's ast.parse, can trip "AST constructor recursion depth mismatch".

@@ -85,7 +85,9 @@ async def test_happy_eyeballs_starts_the_next_attempt_after_the_delay(monkeypatc
         sock = await happy_eyeballs(asyncio.get_running_loop(), infos, delay=0.1)
         sock.close()
     assert [h for h, _ in started] == ["192.0.2.1", "127.0.0.1"]
-    assert 0.08 <= started[1][1] - t0 < 1.5
+    # Not before the delay; the upper bound only separates "after the delay" from "never" (a loaded CI
+    # machine can be seconds late to run a 0.1 s timer).
+    assert 0.08 <= started[1][1] - t0 < 6
 
 
 async def test_connect_by_name_localhost():
@@ -110,7 +112,8 @@ async def test_refused_port_names_the_address():
         start = time.monotonic()
         with pytest.raises(ConnectError) as exc:
             await connect(f"tcp://127.0.0.1:{port}", timeout=WAIT)
-        assert time.monotonic() - start < 2
+        # At once, not by running into the timeout (WAIT); the bound leaves room for a loaded machine.
+        assert time.monotonic() - start < WAIT / 2
     err = exc.value
     assert isinstance(err, ConnectionError)
     assert f"127.0.0.1:{port}" in str(err)
@@ -147,7 +150,7 @@ async def test_timeout_is_a_deadline_error(monkeypatch):
     with pytest.raises(DeadlineError) as exc:
         await connect("tcp://127.0.0.1:9", timeout=0.2)
     took = time.monotonic() - start
-    assert 0.15 <= took < 2
+    assert 0.15 <= took < 6   # the timeout fires (a loaded machine can be late), it does not hang
     err = exc.value
     assert isinstance(err, TimeoutError) and err.seconds == 0.2
     assert "127.0.0.1:9" in str(err)

@@ -95,7 +95,7 @@ def test_every_option_has_a_strategy():
         assert set(endpoint_mod._OPTIONS[scheme]) <= set(_OPTION_VALUES)
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(endpoints())
 def test_format_then_parse_is_identity(e: Endpoint):
     text = e.format()
@@ -184,7 +184,7 @@ def _assert_canonical(text: str) -> None:
     assert parse(canonical).format() == canonical
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messy_urls())
 def test_parse_format_parse_is_stable(text: str):
     _assert_canonical(text)
@@ -368,7 +368,7 @@ _fuzz_text = st.one_of(
 )
 
 
-@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_fuzz_text)
 @example("tcp://h:" + "0" * 5000 + "1")
 @example("tls://h:1?ca=\ud800")
@@ -463,7 +463,7 @@ def test_parse_accepts_an_endpoint():
     assert parse(e) is e
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(endpoints(), ports)
 def test_with_port_round_trips(e: Endpoint, port: int):
     if e.is_unix:

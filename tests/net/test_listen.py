@@ -7,7 +7,7 @@ import asyncio
 import socket
 
 import pytest
-from helpers import WAIT
+from helpers import WAIT, wait_for
 
 from socketkit.errors import ListenError
 from socketkit.net.limits import Limits
@@ -34,11 +34,7 @@ async def test_the_handler_gets_the_socket_and_the_counters_move():
         assert await asyncio.wait_for(r.readexactly(4), WAIT) == b"ping"
         assert server.stats.open == 1 and server.stats.accepted == 1
         w.close()
-        for _ in range(200):
-            if server.stats.open == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert server.stats.open == 0
+        await wait_for(lambda: server.stats.open == 0, what="the closed connection to be counted")
     finally:
         await server.aclose(drain=0)
 
@@ -55,20 +51,14 @@ async def test_per_address_and_total_limits_refuse_and_release_lifts_one():
     try:
         port = server.endpoints[0].port
         clients = [await _client(port) for _ in range(2)]
-        for _ in range(200):
-            if len(seen) == 2:
-                break
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: len(seen) == 2, what="both connections to reach the handler")
         r, w = await _client(port)  # a third from the same address: closed at once
         assert await asyncio.wait_for(r.read(), WAIT) == b""
         assert server.stats.refused == 1
         server.release(seen[0])     # e.g. authenticated: no longer counted against the address
         r2, w2 = await _client(port)
-        for _ in range(200):
-            if len(seen) == 3:
-                break
-            await asyncio.sleep(0.01)
-        assert len(seen) == 3 and server.stats.refused == 1
+        await wait_for(lambda: len(seen) == 3, what="the connection after the release to reach the handler")
+        assert server.stats.refused == 1
         for _, cw in [*clients, (r2, w2)]:
             cw.close()
     finally:

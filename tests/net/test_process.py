@@ -17,7 +17,7 @@ DEADLINE = 15.0
 
 
 def _echo_roundtrip(port: int, payload: bytes = b"ping\n") -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as s:
         s.sendall(payload)
         got = b""
         while len(got) < len(payload):

@@ -7,7 +7,16 @@ import contextlib
 import hashlib
 
 import pytest
-from helpers import WAIT, data_dir, echo, running_server, url, wait_for, wait_stable  # noqa: F401
+from helpers import (  # noqa: F401
+    WAIT,
+    data_dir,
+    echo,
+    refused_port,
+    running_server,
+    url,
+    wait_for,
+    wait_stable,
+)
 
 import socketkit.net.relay as relay_module
 from socketkit import connect
@@ -72,13 +81,13 @@ async def test_relay_half_close_propagates():
 
 
 async def test_relay_target_down_closes_the_client():
-    async with running_server(echo) as dead:
-        target = url(dead)
-    async with relay_to(target, connect_timeout=2) as relay:
-        async with await connect(url(relay), timeout=WAIT) as s:
-            assert await s.receive(timeout=WAIT) == b""
-        await wait_for(lambda: relay.stats.open == 0)
-        assert relay.stats.errors == 0
+    # A port held bound but not listening: a closed server's port could be taken by another test meanwhile.
+    with refused_port() as port:
+        async with relay_to(f"tcp://127.0.0.1:{port}", connect_timeout=2) as relay:
+            async with await connect(url(relay), timeout=WAIT) as s:
+                assert await s.receive(timeout=WAIT) == b""
+            await wait_for(lambda: relay.stats.open == 0)
+            assert relay.stats.errors == 0
 
 
 def _record_upstreams(monkeypatch) -> list[Stream]:

@@ -110,11 +110,14 @@ async def test_websockify_as_the_reference_the_same_client_works_against_both(tm
         tport = target.endpoints[0].port
         import socket
 
+        # websockify gets its listening socket made here (--inetd: on stdin), so no other test can take the
+        # port between a probe and websockify's own bind.
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
+            s.listen(16)
             wport = s.getsockname()[1]
-        reference = subprocess.Popen([sys.executable, "-m", "websockify", f"127.0.0.1:{wport}", f"127.0.0.1:{tport}"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            reference = subprocess.Popen([sys.executable, "-m", "websockify", "--inetd", f"127.0.0.1:{tport}"],
+                                         stdin=s.fileno(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             with Spawned("relay", "ws://127.0.0.1:0/websockify", f"tcp://127.0.0.1:{tport}", env=cli_env()) as ours:
                 sport = int((await asyncio.to_thread(ours.read_until, r"listening on tcp://127\.0\.0\.1:(\d+)")).group(1))
@@ -146,7 +149,8 @@ async def test_websockify_as_the_reference_the_same_client_works_against_both(tm
 async def test_relay_cli_one_line_errors():
     for args, text in ((("ws://127.0.0.1:0", "ws://127.0.0.1:1/x"), b"not both"),
                        (("ws://127.0.0.1:0", "bogus://x"), b"bogus")):
-        done = await asyncio.to_thread(Spawned("relay", *args, env=cli_env()).wait)
+        with Spawned("relay", *args, env=cli_env()) as proc:   # killed if it does not exit in time
+            done = await asyncio.to_thread(proc.wait)
         assert done[0] != 0 and text in done[2] and b"Traceback" not in done[2], done
 
 

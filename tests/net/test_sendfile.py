@@ -120,7 +120,9 @@ async def test_a_reader_that_never_reads_meets_the_deadline(big_file):
         sock = socket.create_connection(("127.0.0.1", server.endpoints[0].port))
         try:
             took, err = await asyncio.wait_for(outcome, WAIT)
-            assert 0.25 <= took < 3, took
+            # The deadline fires, not early; the upper bound only tells "fired late on a loaded machine"
+            # from "never fired" (then the wait above runs out).
+            assert 0.25 <= took < 8, took
             assert "send" in str(err)
         finally:
             sock.close()

@@ -135,18 +135,25 @@ async def test_max_connections_without_message_just_closes():
 
 
 async def test_idle_timeout_closes_a_silent_connection():
-    idle = 0.3
+    # The idle timeout is long next to the chatty one's pace: a loaded machine that stalls this process
+    # for a moment must not make the chatty connection look idle to the sweeper.
+    idle = 1.5
     async with running_server(echo, limits=Limits(idle_timeout=idle)) as server:
         async with await connect(url(server)) as silent, await connect(url(server)) as chatty:
             start = time.monotonic()
-            closed = asyncio.ensure_future(silent.receive(timeout=WAIT))
-            # The chatty one keeps talking for longer than the idle timeout and stays open.
-            while time.monotonic() - start < 2.5 * idle:
+
+            async def closed_after() -> float:
+                assert await silent.receive(timeout=WAIT) == b""
+                return time.monotonic() - start
+
+            closed = asyncio.ensure_future(closed_after())
+            # The chatty one keeps talking until the silent one is closed and for longer than the idle
+            # timeout, and stays open. (A silent one never closed ends `closed` with its receive timeout.)
+            while not closed.done() or time.monotonic() - start < 1.5 * idle:
                 await chatty.send(b".")
                 assert await chatty.receive_exactly(1, timeout=WAIT) == b"."
-                await asyncio.sleep(idle / 6)   # pacing, not synchronisation
-            assert await closed == b""
-            took = time.monotonic() - start
+                await asyncio.sleep(idle / 15)   # pacing, not synchronisation
+            took = await closed
             assert idle * 0.8 <= took
             assert server.stats.idle_closed == 1
             await chatty.send(b"!")
@@ -160,8 +167,9 @@ async def test_idle_close_happens_within_the_bound():
             start = time.monotonic()
             assert await s.receive(timeout=WAIT) == b""
             took = time.monotonic() - start
-            # The sweeper ticks every idle/4: closed between idle and idle + a tick (+ scheduling slack).
-            assert idle * 0.8 <= took < idle + 1.0
+            # The sweeper ticks every idle/4: closed between idle and idle + a tick, plus scheduling slack,
+            # which a loaded CI machine can make seconds long; the bound only tells "late" from "never".
+            assert idle * 0.8 <= took < idle + 5
             await wait_for(lambda: server.stats.idle_closed == 1 and server.stats.open == 0)
 
 
@@ -175,7 +183,7 @@ async def test_tls_handshake_timeout_against_a_plain_tcp_client(data_dir):  # no
             except PeerResetError:
                 pass
             took = time.monotonic() - start
-            assert limit * 0.8 <= took < limit + 2
+            assert limit * 0.8 <= took < limit + 6   # late on a loaded machine, not never (WAIT)
         assert server.stats.accepted == 0 and server.stats.open == 0
 
 
@@ -220,7 +228,7 @@ async def test_graceful_shutdown_drains_then_cancels():
     assert await polite.receive_until(b"\n", timeout=WAIT) == b"done\n"
     await asyncio.wait_for(closing, drain + WAIT)
     took = time.monotonic() - start
-    assert drain * 0.8 <= took < drain + 2
+    assert drain * 0.8 <= took < drain + 6   # late on a loaded machine, not never (drain + WAIT)
     assert outcomes == {"polite": "finished", "stuck": "cancelled"}
     assert await stuck.receive(timeout=WAIT) == b""
     assert server.stats.open == 0
@@ -236,7 +244,7 @@ async def test_aclose_without_connections_is_quick_and_idempotent(tmp_path):
     start = time.monotonic()
     await server.aclose()
     await server.aclose()
-    assert time.monotonic() - start < 1
+    assert time.monotonic() - start < 5   # not the default drain (10 s), with room for a loaded machine
 
 
 async def test_unix_socket_mode_and_stale_file(tmp_path):
@@ -319,12 +327,13 @@ def test_serve_stops_on_sigterm_after_the_drain():
             took = time.monotonic() - start
             assert c.recv(100) == b""   # closed by the server
         assert code == 0, err
-        assert 0.3 <= took < 4
+        assert 0.3 <= took < 8   # the 0.5 s drain, not the default 10 s one (the wait above allows 10)
         assert b"Traceback" not in err
 
 
 def test_second_sigterm_skips_the_drain():
-    with Spawned("listen", "tcp://127.0.0.1:0", "--echo") as proc:   # default drain: 10 s
+    # A drain far longer than the bound below, so a loaded machine's slow exit is not taken for a drain.
+    with Spawned("listen", "tcp://127.0.0.1:0", "--echo", "--drain-timeout", "60") as proc:
         endpoint = listening_url(proc)
         with _echo_once(endpoint):
             proc.signal(signal.SIGTERM)
@@ -335,15 +344,16 @@ def test_second_sigterm_skips_the_drain():
             proc.signal(signal.SIGTERM)
             code, _out, err = proc.wait(timeout=15)
         assert code == 0, err
-        assert time.monotonic() - start < 4
+        assert time.monotonic() - start < 10
 
 
 def test_serve_stops_on_sigterm_without_connections_at_once():
-    with Spawned("listen", "tcp://127.0.0.1:0", "--echo") as proc:
+    # With nothing to drain the 60 s drain does not apply; the bound leaves a loaded machine room to exit.
+    with Spawned("listen", "tcp://127.0.0.1:0", "--echo", "--drain-timeout", "60") as proc:
         listening_url(proc)
         start = time.monotonic()
         proc.signal(signal.SIGTERM)
-        code, _out, err = proc.wait(timeout=10)
+        code, _out, err = proc.wait(timeout=15)
         assert code == 0, err
-        assert time.monotonic() - start < 3
+        assert time.monotonic() - start < 10
         wait_until(lambda: proc.proc.poll() is not None)

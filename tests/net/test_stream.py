@@ -208,10 +208,12 @@ async def test_receive_timeout_raises_deadline_error_and_stream_stays_usable():
             took, err = await raises_within(DeadlineError, s.receive(timeout=0.2))
             assert isinstance(err, TimeoutError) and isinstance(err, SocketkitError)
             assert err.seconds == 0.2
-            assert 0.15 <= took < 2
+            # Upper bounds: the timeout fired (maybe late on a loaded machine), it did not hang.
+            assert 0.15 <= took < 8
             took, _ = await raises_within(DeadlineError, s.receive_until(b"\n", timeout=0.1))
+            assert took < 8
             took, _ = await raises_within(DeadlineError, s.receive_exactly(3, timeout=0.1))
-            assert took < 2
+            assert took < 8
             go.set()
             assert await s.receive_until(b"\n", timeout=WAIT) == b"late\n"
 
@@ -230,7 +232,7 @@ async def test_deadline_block_bounds_several_calls_in_total():
                     await s.receive_until(b"\n")  # never comes
             took = time.monotonic() - start
             assert isinstance(info.value, TimeoutError)
-            assert 0.25 <= took < 2
+            assert 0.25 <= took < 8   # fired, maybe late on a loaded machine; not never
             # Outside the block there is no deadline left over: a per-call timeout still works.
             with pytest.raises(DeadlineError):
                 await s.receive(timeout=0.05)
@@ -240,9 +242,10 @@ async def test_nested_deadline_shorter_wins():
     async with running_server(sender(b"", close=False)) as server:
         async with await connect(url(server)) as s:
             start = time.monotonic()
-            with pytest.raises(DeadlineError), s.deadline(10), s.deadline(0.1):
+            # The outer deadline is far past the bound, so a loaded machine's lateness cannot pass for it.
+            with pytest.raises(DeadlineError), s.deadline(20), s.deadline(0.1):
                 await s.receive()
-            assert time.monotonic() - start < 2
+            assert time.monotonic() - start < 8
 
 
 async def test_send_timeout_against_a_peer_that_does_not_read():
@@ -424,9 +427,13 @@ async def test_slow_reader_blocks_the_sender_and_bounds_its_memory():
     async with running_server(handler, limits=limits) as server:
         async with await connect(url(server)) as s:
             shrink_buffers(s, rcv=32 * 1024)
+            # First the send blocks for real; only then is a quiet spell the stall (a loaded machine can stop
+            # this whole process for longer than wait_stable's quiet time before the buffers are full).
+            await wait_for(lambda: state["stream"] is not None and state["stream"].writing_paused,
+                           what="the server's send to block")
             stalled_at = await wait_stable(lambda: state["sent"], what="the sender to stall")
             sstream = state["stream"]
-            assert sstream.writing_paused          # blocked inside send()
+            await wait_for(lambda: sstream.writing_paused, what="the send to stay blocked")   # inside send()
             assert state["max_buffer"] <= limits.write_buffer + piece
             assert sstream.write_buffer_size <= limits.write_buffer + piece
             assert stalled_at < 16 * 1024 * 1024   # a few socket buffers, not "everything"

@@ -17,6 +17,7 @@ import warnings
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from helpers import WAIT
 
 from socketkit.errors import TLSError
 from socketkit.net import certs, tls
@@ -48,7 +49,7 @@ async def serving(ctx: ssl.SSLContext, host: str = "127.0.0.1"):
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handler, host, 0, ssl=ctx, ssl_handshake_timeout=5)
+    server = await asyncio.start_server(handler, host, 0, ssl=ctx, ssl_handshake_timeout=WAIT)
     server_state.port = server.sockets[0].getsockname()[1]
     try:
         yield server_state
@@ -60,7 +61,7 @@ async def serving(ctx: ssl.SSLContext, host: str = "127.0.0.1"):
 async def talk(port: int, ctx: ssl.SSLContext, hostname: str | None = "127.0.0.1",
                host: str = "127.0.0.1") -> tuple[bytes, tls.TLSInfo]:
     reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=hostname,
-                                                   ssl_handshake_timeout=5)
+                                                   ssl_handshake_timeout=WAIT)
     try:
         line = await reader.readline()
         return line, tls.info(writer.get_extra_info("ssl_object"))
@@ -357,7 +358,7 @@ async def test_pin_is_enforced_on_blocking_sockets_too(data):
         ctx, hostname = client_for(server.port, f"pin={wrong}")
 
         def connect():
-            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as raw:
                 with ctx.wrap_socket(raw, server_hostname=hostname):
                     pass
 

@@ -70,21 +70,22 @@ async def _post(session: MailboxSession, message: dict[str, Any] | bytes) -> Non
 
 async def hostile_sender(mailbox: str, code: str, seen: Seen, *, offer: Message,
                          transit: list[Message] | None = None, data: Data | None = None,
-                         features: tuple[str, ...] = xfer.FEATURES) -> None:
-    session = MailboxSession(mailbox, app_versions=xfer.app_versions(features), timeout=STEP)
+                         features: tuple[str, ...] = xfer.FEATURES, step: float = STEP) -> None:
+    """`step` bounds each of its waits (longer for a receiver that is a process still starting up)."""
+    session = MailboxSession(mailbox, app_versions=xfer.app_versions(features), timeout=step)
     ours: Transit | None = None
     try:
         await session.open(code)
-        theirs = await session.verified(STEP)
+        theirs = await session.verified(step)
         common = set(features) & xfer.their_features(theirs)
         ours = Transit(session.derive_key(TRANSIT_KEY_PURPOSE), is_sender=True, relays=[],
-                       advertise=["127.0.0.1"], timeout=STEP)
+                       advertise=["127.0.0.1"], timeout=step)
         await ours.listen()
         for m in (transit if transit is not None else [Transit.message]):
             await _post(session, m(ours) if callable(m) else m)
         await _post(session, offer(ours) if callable(offer) else offer)
         while True:
-            msg = await session.receive_json(STEP)
+            msg = await session.receive_json(step)
             seen.messages.append(msg)
             if "transit" in msg:
                 ours.add_hints(*xfer.parse_transit(msg["transit"]))
@@ -97,7 +98,7 @@ async def hostile_sender(mailbox: str, code: str, seen: Seen, *, offer: Message,
         try:
             await data(pipe, common)
             while True:  # the receiver's last words: its ack (ok or error), then EOF
-                seen.records.append(await pipe.receive_record(timeout=STEP))
+                seen.records.append(await pipe.receive_record(timeout=step))
         finally:
             await pipe.aclose()
     except Exception as e:  # noqa: BLE001 - the receiver hanging up on us is the expected end of most attacks

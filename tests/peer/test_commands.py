@@ -30,6 +30,7 @@ def test_a_terminal_gets_a_progress_bar_and_a_pipe_one_line(servers, tmp_path):
     payload.write_bytes(os.urandom(4_000_000))
     flags = ["--mailbox", mailbox, "--transit-relay", relay, "--advertise", "127.0.0.1", "--timeout", "20"]
     main, sub = pty.openpty()
+    sender = None
     try:
         sender = subprocess.Popen([sys.executable, "-m", "socketkit", "peer", "send", str(payload), "--code",
                                    "91-bar-test", *flags], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -57,6 +58,9 @@ def test_a_terminal_gets_a_progress_bar_and_a_pipe_one_line(servers, tmp_path):
         text = seen.decode(errors="replace")
         assert "100%|" in text and "MB/s" in text, text[-500:]
     finally:
+        if sender is not None and sender.poll() is None:  # a failure above: no sender left waiting for an hour
+            sender.kill()
+            sender.wait(10)
         os.close(main)
         if sub >= 0:
             os.close(sub)

@@ -538,9 +538,11 @@ async def test_a_bad_start_record_is_refused(servers, out, record):
 async def test_a_silent_sender_is_given_up_on(servers, out):
     async def run(pipe, common):
         await start(pipe, common)
-        await asyncio.sleep(10)
+        await asyncio.sleep(60)  # (cancelled once the receiver has given up)
 
-    outcome, _ = await duel(servers, out, offer=file_offer("f.bin", 10), data=run, receiver={"timeout": 0.5})
+    # (the receiver's timeout bounds every network step, the mailbox server's replies too: short, but not so
+    # short that a loaded machine makes one of those the step that times out)
+    outcome, _ = await duel(servers, out, offer=file_offer("f.bin", 10), data=run, receiver={"timeout": 3.0})
     assert isinstance(outcome, TransferError) and "0 of 10 bytes" in one_line(outcome), outcome
 
 
@@ -728,14 +730,15 @@ async def test_the_cli_prints_one_line_and_exits_1(servers, tmp_path, out, case)
     mailbox, relay = servers
     code = new_code()
     seen = Seen()
-    task = asyncio.create_task(hostile_sender(mailbox, code, seen, **hostile))
+    # (the hostile side waits for a receiver that first has to start a Python: not just one STEP)
+    task = asyncio.create_task(hostile_sender(mailbox, code, seen, step=20, **hostile))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "socketkit", "peer", "receive", code, "--yes", "--out", str(out), "--mailbox", mailbox,
         "--transit-relay", relay, "--advertise", "127.0.0.1", "--timeout", str(STEP), "--wait", str(STEP), *extra,
         cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), 15)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 25)
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from socketkit.proto.transit_relay import (
@@ -128,7 +128,7 @@ chunks = st.lists(st.one_of(st.binary(max_size=40), st.sampled_from([hello(), he
                   max_size=6)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.integers(0, 4), st.sampled_from(["connect", "data", "lost", "tick"]), chunks,
                           st.floats(0, 50)), max_size=40))
 def test_any_input_gives_only_documented_events_and_the_books_balance(steps):

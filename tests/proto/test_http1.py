@@ -384,7 +384,7 @@ def test_upgrade_header_without_connection_upgrade_is_plain() -> None:
 EVENT_TYPES = (Request, Data, EndOfMessage, Error, ConnectionClosed)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=64), max_size=8), st.booleans())
 def test_arbitrary_bytes_never_raise(chunks, eof) -> None:
     for prefix in (b"", b"GET / HTTP/1.1\r\nHost: a\r\n", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"):
@@ -395,6 +395,7 @@ def test_arbitrary_bytes_never_raise(chunks, eof) -> None:
         assert len(errors) <= 1 and (not errors or events[-1] is errors[0])
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(min_size=1, max_size=200))
 def test_arbitrary_bytes_with_every_status_in_range(junk) -> None:
     conn = ServerConnection()
@@ -435,7 +436,7 @@ def requests(draw):
     return method, target, headers, body, raw
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(requests(), min_size=1, max_size=3), st.data())
 def test_valid_requests_round_trip_however_chunked(reqs, data) -> None:
     stream = b"".join(r[-1] for r in reqs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from socketkit.proto import http1_fast
@@ -64,14 +64,14 @@ def run(data: bytes, fast: bool, pieces: int = 1) -> list[object]:
     return [dataclasses.astuple(e) if dataclasses.is_dataclass(e) else e for e in events]
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(requests(), min_size=1, max_size=3))
 def test_fast_path_gives_the_same_events(reqs):
     data = b"".join(reqs)
     assert run(data, True) == run(data, False)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(requests(), min_size=1, max_size=3), st.integers(min_value=2, max_value=7))
 def test_fast_path_same_events_when_split(reqs, pieces):
     data = b"".join(reqs)

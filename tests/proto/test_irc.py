@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from socketkit.proto.irc import (
@@ -170,6 +170,7 @@ _command = st.one_of(st.from_regex(r"\A[A-Z]{1,10}\Z"), st.from_regex(r"\A[0-9]{
 
 @given(st.dictionaries(_tag_key, _tag_val, max_size=4), st.none() | _source, _command,
        st.lists(_middle, max_size=5), st.none() | _trailing)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_round_trip(tags, source, command, middles, trailing):
     params = middles + ([trailing] if trailing is not None else [])
     msg = Message(tags, source, command, params)
@@ -180,6 +181,7 @@ def test_round_trip(tags, source, command, middles, trailing):
 
 
 @given(st.binary(max_size=600))
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_arbitrary_bytes_only_parse_errors(data):
     try:
         msg = parse(data)
@@ -195,6 +197,7 @@ def test_arbitrary_bytes_only_parse_errors(data):
 
 
 @given(st.text(max_size=60))
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_escape_round_trip(value):
     value = value.replace("\0", "")
     try:

@@ -578,13 +578,14 @@ def deliver(body: bytes, chunk: int) -> Message:
 
 
 @given(st.binary(max_size=3000), st.integers(1, 500))
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_dot_stuffing_round_trip(body, chunk):
     assert deliver(body, chunk).data == normalize_message(body)
 
 
 @given(st.lists(st.sampled_from([b".", b"\r\n", b"\n", b"\r", b"a", b".\r\n.", b"\r\n.\r\n"]), max_size=60),
        st.integers(1, 7))
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_dot_stuffing_round_trip_tricky(parts, chunk):
     body = b"".join(parts)
     assert deliver(body, chunk).data == normalize_message(body)
@@ -597,7 +598,7 @@ PREFIXES = [b"", HELLO, ENVELOPE + b"DATA\r\n", HELLO + b"AUTH LOGIN\r\n",
 @given(st.sampled_from(PREFIXES), st.lists(st.binary(max_size=3000) | st.sampled_from(
     [b"\r\n", b"\n", b"\r\n.\r\n", b"NOOP\r\n", b"DATA\r\n", b"RSET\r\n", b"STARTTLS\r\n", b"x" * 1500]),
     max_size=30), st.booleans())
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_arbitrary_bytes_never_raise_and_buffer_is_bounded(prefix, chunks, decide_yes):
     max_size, max_line, max_pending = 2000, 200, 1000
     d = Driver(rcpt=lambda a: decide_yes, auth=lambda u, p: decide_yes, store=decide_yes, max_size=max_size,

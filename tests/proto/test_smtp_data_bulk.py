@@ -123,7 +123,7 @@ def test_bulk_equals_line_path(case):
     same_both_ways(wire, pieces, **kw)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from([b"\r", b"\n", b".", b"x", b"\r\n", b".\r\n", END, b"y" * 9]), max_size=60),
        st.one_of(st.none(), st.integers(1, 40).map(lambda n: [n])),
        st.sampled_from([24, 30, 1000]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from socketkit.proto.smtp import Close, MailFrom, Message, RcptTo, SMTPServerConnection
@@ -154,6 +154,7 @@ def test_starttls_injection_discarded():
 
 @given(st.lists(st.sampled_from([b"\r", b"\n", b".", b"x", b"\r\n", SMUGGLED]), max_size=40),
        st.integers(1, 50))
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_lookalikes_never_deliver_bare_line_endings(parts, chunk):
     """Whatever mix of CR, LF and dots a client sends, a message comes out only at a genuine
     <CR><LF>.<CR><LF>, and never with a bare CR or LF in it."""

@@ -43,7 +43,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 # -- handshake lines and wormhole's Connection ---------------------------------------------------------
 @given(keys, sides)
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_lines_equal_wormholes(key, side):
     assert sender_line(key) == wt.build_sender_handshake(key)
     assert receiver_line(key) == wt.build_receiver_handshake(key)
@@ -213,7 +213,7 @@ def test_arbitrary_bytes_raise_only_handshake_failed(key, is_sender, relay, good
 
 @given(some_keys, st.booleans(), st.booleans(), st.integers(0, 10_000), st.integers(0, 7),
        st.lists(st.integers(0, 200), max_size=6))
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_flipped_bit_in_the_handshake_is_refused(key, is_sender, relay, pos, bit, cuts):
     data = bytearray(incoming(key, is_sender, relay))
     pos %= len(data)
@@ -263,7 +263,7 @@ def test_relay_line_waits_for_ok():
 
 # -- records ----------------------------------------------------------------------------------------------
 @given(st.lists(st.binary(max_size=200), max_size=6), st.booleans())
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_secretbox_frames_equal_wormholes_send_record(records, is_sender):
     key = os.urandom(32)
     ours = SecretBoxRecords(key, is_sender)
@@ -341,7 +341,7 @@ records_st = st.lists(st.binary(max_size=100), min_size=1, max_size=5)
 
 @pytest.mark.parametrize("layer", LAYERS)
 @given(records=records_st, cuts=st.lists(st.integers(0, 2000), max_size=10))
-@settings(max_examples=75, deadline=None)
+@settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_roundtrip_any_split(layer, records, cuts):
     stream = b"".join(frames(layer, records))
     reader, rx, got = RecordReader(), layer(KEY, False), []
@@ -352,7 +352,7 @@ def test_roundtrip_any_split(layer, records, cuts):
 
 @pytest.mark.parametrize("layer", LAYERS)
 @given(records=records_st, data=st.data())
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_flipped_bit_is_refused(layer, records, data):
     stream = bytearray(b"".join(frames(layer, records)))
     bit = data.draw(st.integers(0, len(stream) * 8 - 1))
@@ -372,7 +372,7 @@ def test_any_flipped_bit_is_refused(layer, records, data):
 
 @pytest.mark.parametrize("layer", LAYERS)
 @given(records=st.lists(st.binary(max_size=50), min_size=2, max_size=5), data=st.data())
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_reordered_replayed_truncated_are_refused(layer, records, data):
     fs = frames(layer, records)
     i = data.draw(st.integers(0, len(fs) - 2))
@@ -435,7 +435,7 @@ def test_reader_any_split_same_records(bodies, cuts):
 
 
 @given(st.integers(0, 5000), st.lists(st.integers(0, 8), max_size=3))
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_reader_refuses_over_max_as_soon_as_the_length_arrives(size, cuts):
     reader = RecordReader(max_record=1000)
     header = size.to_bytes(4, "big")

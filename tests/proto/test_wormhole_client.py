@@ -42,7 +42,7 @@ from socketkit.proto.wormhole import (
 )
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-EXACT = settings(max_examples=60, deadline=None)  # equal-to-wormhole checks of branch-free functions
+EXACT = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # equal-to-wormhole checks of branch-free functions
 CODE = "4-purple-sausages"
 
 
@@ -467,7 +467,7 @@ def test_hkdf_equals_wormholes(key, length, info):
 
 
 @given(st.binary(max_size=300))
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_seal_unseal_and_wormholes_encrypt_decrypt(plaintext):
     key = bytes(range(32))
     assert unseal(key, bytes(wkey.encrypt_data(key, plaintext))) == plaintext

@@ -115,7 +115,7 @@ def test_safe_name_normalises_to_nfc():
 
 
 @given(st.text(max_size=300))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_safe_name_any_text(name):
     try:
         out = safe_name(name)

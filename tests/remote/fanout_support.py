@@ -61,9 +61,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def closed_port() -> int:
-    """A port nothing listens on (refused), as far as anyone can tell."""
-    return free_port()
+@contextlib.contextmanager
+def closed_port():
+    """A port nothing listens on (connecting is refused): (port). It stays bound, not listening, by this
+    process for the block, so no other program (another test worker, an sshd) can take it meanwhile."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -129,7 +133,7 @@ class Sshd:
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def start(self, timeout: float = 10.0) -> Sshd:
+    def start(self, timeout: float = 30.0) -> Sshd:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation's empty chroot
         for attempt in range(3):  # a free port may be taken between our probe and sshd's bind: try again
             port = free_port()

@@ -113,9 +113,10 @@ async def test_local_mistakes_before_any_connection(fleet, src):
 async def test_failures_named(fleet, src):
     err = io.StringIO()
     hosts = fleet.base / "hosts-bad"
-    refused = f"127.0.0.1:{closed_port()}"
-    hosts.write_text(f"{fleet.targets[0]}\n{refused}\n")
-    result = await copy([src / "a.txt"], ":no/such/dir/a.txt", hosts_file=hosts, err=err, **opts(fleet))
+    with closed_port() as port:
+        refused = f"127.0.0.1:{port}"
+        hosts.write_text(f"{fleet.targets[0]}\n{refused}\n")
+        result = await copy([src / "a.txt"], ":no/such/dir/a.txt", hosts_file=hosts, err=err, **opts(fleet))
     by = {h.host: h for h in result.hosts}
     assert by[refused].status == "unreachable"
     assert by[fleet.targets[0]].status == "error" and "sftp" in by[fleet.targets[0]].error
@@ -128,9 +129,10 @@ def test_copy_command_exit_codes(fleet, src):
                         **opts(fleet)) == EXIT_OK
     assert all((home / "cmd.txt").exists() for home in fleet.dirs)
     hosts = fleet.base / "hosts-refused"
-    hosts.write_text(f"127.0.0.1:{closed_port()}\n")
     err = io.StringIO()
-    assert copy_command([src / "a.txt"], ":cmd.txt", hosts_file=hosts, err=err, **opts(fleet)) == EXIT_UNREACHED
+    with closed_port() as port:
+        hosts.write_text(f"127.0.0.1:{port}\n")
+        assert copy_command([src / "a.txt"], ":cmd.txt", hosts_file=hosts, err=err, **opts(fleet)) == EXIT_UNREACHED
     assert "unreachable: connection refused" in err.getvalue()
 
 

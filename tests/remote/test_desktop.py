@@ -8,9 +8,10 @@ import asyncio
 import json
 import re
 import ssl
+from types import SimpleNamespace
 
 import pytest
-from helpers import WAIT, Spawned, cli_env, running_server, wait_for
+from helpers import WAIT, Spawned, cli_env, refused_port, running_server, wait_for
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
@@ -135,8 +136,9 @@ async def test_the_bridge_passes_bytes_unchanged_and_chooses_binary(tmp_path):
             await service.aclose()
     events = [r["event"] for r in audit(tmp_path)]
     assert events.count("desktop-connect") == 2 and events.count("desktop-disconnect") == 2
-    first = next(r for r in audit(tmp_path) if r["event"] == "desktop-disconnect")
-    assert first["bytes_to_vnc"] == len(blob) and first["bytes_to_browser"] == len(blob) + 12
+    # the binary session's record (each session writes its own as it ends, whichever ends first)
+    counts = [(r["bytes_to_vnc"], r["bytes_to_browser"]) for r in audit(tmp_path) if r["event"] == "desktop-disconnect"]
+    assert (len(blob), len(blob) + 12) in counts, counts
 
 
 async def test_guessing_is_slowed_down_and_sessions_are_limited(tmp_path):
@@ -169,17 +171,16 @@ async def test_guessing_is_slowed_down_and_sessions_are_limited(tmp_path):
 
 
 async def test_a_vnc_server_that_is_not_there_is_a_502(tmp_path):
-    async with running_server(FakeVNC()) as vs:
-        pass  # stopped: its port refuses now
-    service = await desktop(tmp_path, vs)
-    try:
-        with pytest.raises(InvalidStatus) as refused:
-            async with ws_connect(f"ws://127.0.0.1:{port_of(service)}/websockify?token={TOKEN}"):
-                pass
-        assert refused.value.response.status_code == 502
-        assert b"does not answer" in refused.value.response.body
-    finally:
-        await service.aclose()
+    with refused_port() as port:  # held (bound, not listening) by this test: it refuses, and nobody takes it
+        service = await desktop(tmp_path, SimpleNamespace(endpoints=[f"tcp://127.0.0.1:{port}"]))
+        try:
+            with pytest.raises(InvalidStatus) as refused:
+                async with ws_connect(f"ws://127.0.0.1:{port_of(service)}/websockify?token={TOKEN}"):
+                    pass
+            assert refused.value.response.status_code == 502
+            assert b"does not answer" in refused.value.response.body
+        finally:
+            await service.aclose()
 
 
 async def test_tls_with_the_development_ca_and_client_certificates(tmp_path):
@@ -213,7 +214,9 @@ async def test_the_cli_makes_up_a_token_and_prints_the_url(tmp_path):
     async with running_server(vnc) as vs:
         with Spawned("remote", "desktop", "--vnc", str(vs.endpoints[0]), "--listen", "tcp://127.0.0.1:0",
                      "--audit-log", str(tmp_path / "audit.log"), env=cli_env()) as proc:
-            match = await asyncio.to_thread(proc.read_until, r"open the desktop: (http://127\.0\.0\.1:(\d+)/#token=(\S+))")
+            # (a fresh interpreter on a loaded machine: the bound only tells a slow start from none)
+            match = await asyncio.to_thread(proc.read_until, r"open the desktop: (http://127\.0\.0\.1:(\d+)/#token=(\S+))",
+                                            timeout=25)
             port, token = int(match.group(2)), match.group(3)
             assert len(token) >= 24
             async with ws_connect(f"ws://127.0.0.1:{port}/websockify?token={token}") as ws:
@@ -222,15 +225,16 @@ async def test_the_cli_makes_up_a_token_and_prints_the_url(tmp_path):
                 async with ws_connect(f"ws://127.0.0.1:{port}/websockify"):
                     pass
             proc.signal()
-            assert (await asyncio.to_thread(proc.wait))[0] == 0
-    bad = await asyncio.to_thread(Spawned("remote", "desktop", "--token", "short", env=cli_env()).wait)
+            assert (await asyncio.to_thread(proc.wait, 20))[0] == 0
+    with Spawned("remote", "desktop", "--token", "short", env=cli_env()) as short:
+        bad = await asyncio.to_thread(short.wait, 25)
     assert bad[0] != 0 and b"at least 8 characters" in bad[2] and b"Traceback" not in bad[2]
 
 
 async def test_up_shows_the_viewer_only_when_a_vnc_server_answers(tmp_path, monkeypatch):
     monkeypatch.setenv("SOCKETKIT_DATA", str(tmp_path))
     async with running_server(FakeVNC()) as vs:
-        assert await vnc_answers(str(vs.endpoints[0]))
+        assert await vnc_answers(str(vs.endpoints[0]), timeout=WAIT)
         servers, notes, details = await start_desktop_for_up("127.0.0.1", "tcp://127.0.0.1:0", vnc=str(vs.endpoints[0]))
         try:
             assert len(servers) == 1 and notes[0].startswith("desktop viewer: http://127.0.0.1:")
@@ -238,7 +242,9 @@ async def test_up_shows_the_viewer_only_when_a_vnc_server_answers(tmp_path, monk
         finally:
             for server in servers:
                 await server.aclose(drain=0)
-    servers, notes, details = await start_desktop_for_up("127.0.0.1", "tcp://127.0.0.1:0", vnc=str(vs.endpoints[0]))
+    with refused_port() as port:  # nothing answers there (held: nobody else takes the port meanwhile)
+        servers, notes, details = await start_desktop_for_up("127.0.0.1", "tcp://127.0.0.1:0",
+                                                             vnc=f"tcp://127.0.0.1:{port}")
     assert servers == [] and details is None and "x11vnc" in notes[0]
 
 

@@ -58,29 +58,30 @@ async def x_desktop(tmp_path: Path):
         procs.append(xvfb)
         os.close(write)
         # (the read end stays open until Xvfb is gone: it may write to it again, and dies of EPIPE)
-        number = await asyncio.wait_for(asyncio.to_thread(os.read, read, 16), 10)
+        number = await asyncio.wait_for(asyncio.to_thread(os.read, read, 16), 30)
         display = f":{int(number)}"
         env = dict(os.environ, DISPLAY=display, HOME=str(tmp_path), PS1="$ ", ENV="")
         env.pop("XAUTHORITY", None)
+        # The shell says when it runs (xterm starts it once its window is made): keys typed before would be lost.
+        ready = tmp_path / "xterm-shell-started"
         procs.append(await asyncio.create_subprocess_exec(
-            "xterm", "-geometry", "60x12+0+0", "-e", "sh", cwd=tmp_path, env=env, stdout=log,
-            stderr=log, start_new_session=True))
-        port = free_port()
-        procs.append(await asyncio.create_subprocess_exec(
-            "x11vnc", "-display", display, "-localhost", "-rfbport", str(port), "-nopw", "-forever", "-shared",
-            "-noxdamage", "-quiet", env=env, stdout=log, stderr=log, start_new_session=True))
-
-        async def greets() -> bool:
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                return False
-            try:
-                return (await asyncio.wait_for(reader.read(12), 2)).startswith(b"RFB ")
-            finally:
-                writer.close()
-
-        await wait_for(greets, timeout=15, what="x11vnc to greet")
+            "xterm", "-geometry", "60x12+0+0", "-e", "sh", "-c", f'touch "{ready}"; exec sh', cwd=tmp_path,
+            env=env, stdout=log, stderr=log, start_new_session=True))
+        for attempt in range(3):
+            # x11vnc cannot listen on port 0: a port found free may be taken before it binds. With -noipv6 it
+            # then exits (instead of listening on ::1 only), and is started again on another port.
+            port = free_port()
+            x11vnc = await asyncio.create_subprocess_exec(
+                "x11vnc", "-display", display, "-localhost", "-noipv6", "-rfbport", str(port), "-nopw", "-forever",
+                "-shared", "-noxdamage", "-quiet", env=env, stdout=log, stderr=log, start_new_session=True)
+            procs.append(x11vnc)
+            await wait_for(lambda proc=x11vnc, port=port: _greets_or_ended(proc, port), timeout=30,
+                           what="x11vnc to greet")
+            if x11vnc.returncode is None:
+                break
+            log.flush()
+            assert attempt < 2, "x11vnc would not start: " + (tmp_path / "x.log").read_text(errors="replace")[-2000:]
+        await wait_for(ready.exists, timeout=30, what="the xterm's shell to start")
         yield display, port
     finally:
         for proc in reversed(procs):
@@ -89,6 +90,22 @@ async def x_desktop(tmp_path: Path):
             await proc.wait()
         log.close()
         os.close(read)
+
+
+async def _greets_or_ended(proc: asyncio.subprocess.Process, port: int) -> bool:
+    """Whether a VNC server greets on 127.0.0.1:port, or `proc` (which was to be that server) has ended."""
+    if proc.returncode is not None:
+        return True
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    try:
+        return (await asyncio.wait_for(reader.read(12), 2)).startswith(b"RFB ")
+    except (OSError, TimeoutError):  # not (yet) a VNC server there
+        return False
+    finally:
+        writer.close()
 
 
 def xwd_rgb(display: str) -> tuple[int, int, bytes]:
@@ -286,7 +303,7 @@ async def test_the_desktop_in_chromium_shows_the_screen_and_types_into_the_xterm
                                    ".getBoundingClientRect(); return [r.left, r.top]; })()")
         await tools.call("Input.dispatchMouseEvent", type="mouseMoved", x=left + 100, y=top + 60)
         await tools.type("touch typed-through-the-page\n")
-        await wait_for(lambda: (tmp_path / "typed-through-the-page").exists(), timeout=10,
+        await wait_for(lambda: (tmp_path / "typed-through-the-page").exists(), timeout=20,
                        what="the xterm's shell to run what the page typed")
 
         # A screenshot of the page, against the X server's capture of the same pixels. (The shell prints its
@@ -333,16 +350,21 @@ async def test_the_toolbar_clipboard_both_ways_ctrl_alt_del_and_full_screen(tmp_
 
         # Ctrl-Alt-Del from the button reaches the desktop: xterm turns it into CSI 3;7~, which
         # `cat -v` writes out as text.
+        cad = tmp_path / "cad.txt"
         xdotool(display, "type", "--delay", "15", "cat -v > cad.txt")
         xdotool(display, "key", "Return")
-        await asyncio.sleep(0.3)  # cat is reading
+        await wait_for(cad.exists, timeout=10, what="the shell to start cat")  # (what comes next waits for cat)
         await tools.js("document.getElementById('cad').click()")
-        await asyncio.sleep(0.5)
-        xdotool(display, "key", "Return")
+
+        # The page's keys travel through the bridge and x11vnc, xdotool's go straight to X: which comes first
+        # is not known. So cat's line is ended (Return) until the sequence is in the file, and only then is
+        # cat ended (Ctrl-D), never before the sequence has arrived.
+        async def cad_arrived() -> bool:
+            await asyncio.to_thread(xdotool, display, "key", "Return")
+            return "^[[3;7~" in cad.read_text()
+
+        await wait_for(cad_arrived, timeout=20, interval=0.3, what="Ctrl-Alt-Del in the xterm")
         xdotool(display, "key", "ctrl+d")
-        await wait_for(lambda: "^[[3;7~" in (tmp_path / "cad.txt").read_text()
-                       if (tmp_path / "cad.txt").exists() else False,
-                       timeout=10, what="Ctrl-Alt-Del in the xterm")
 
         # The page's clipboard to the desktop's: Send, then a middle click pastes it in the xterm.
         await tools.js("document.getElementById('clip').click()")

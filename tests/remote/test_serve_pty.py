@@ -24,8 +24,9 @@ async def test_shell_on_a_pty_in_tmux_tty_size_resize_and_ctrl_c(tmp_path):
         async with Tmux(argv, cols=100, rows=30, socket_dir=str(tmp_path)) as t:
             t.type("unset HISTFILE")  # the shell runs in the real home: no history written there
             # Markers computed by the remote shell ($((...))) appear only in its output, not in the echo
-            t.type("echo T$((40+2)) $(tty) TERM=$TERM LANG=$LANG")
-            screen = await t.wait_for("T42 /dev/pts/")
+            # (the line is checked once its last word is on the screen: the terminal may show it in pieces)
+            t.type("echo T$((40+2)) $(tty) TERM=$TERM LANG=$LANG E$((6*7))")
+            screen = await t.wait_for(" E42")
             line = next(x for x in screen.splitlines() if x.startswith("T42 "))
             assert line.split()[1].startswith("/dev/pts/")
             assert "TERM=screen" in line or "TERM=tmux" in line, line
@@ -53,11 +54,11 @@ async def test_shell_on_a_pty_in_tmux_tty_size_resize_and_ctrl_c(tmp_path):
             assert "N10" not in screen and not t.dead()
 
             t.type("exit 7")
-            for _ in range(200):
-                if t.dead():
-                    break
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while not await asyncio.to_thread(t.dead) and loop.time() < deadline:
                 await asyncio.sleep(0.05)
-            assert t.dead()
+            assert t.dead(), "ssh did not end after the remote shell's exit:\n" + t.screen()
         await s.wait_record("disconnect")
 
 

@@ -319,9 +319,29 @@ class RawClient:
         async with asyncio.timeout(self.timeout):
             return await self._response(method)
 
+    def _reset_as_eof(self, exc: BaseException) -> bool:
+        """A server that closes with bytes of ours still unread makes its kernel send RST, not FIN, right
+        behind its last response. asyncio's reader then raises ConnectionResetError before handing out
+        what had already arrived, depending on when this task runs. Keep those bytes: the reset becomes
+        the end of the stream after them. True if it was such a reset."""
+        if not isinstance(exc, ConnectionResetError) or self.reader.exception() is not exc:
+            return False
+        self.reader._exception = None  # (StreamReader has no public way to take an exception back)
+        self.reader.feed_eof()
+        return True
+
+    async def _io(self, op: Any, *args: Any) -> Any:
+        """`await op(*args)` on the reader, where a reset after the last bytes is the end of the stream."""
+        try:
+            return await op(*args)
+        except ConnectionResetError as e:
+            if not self._reset_as_eof(e):
+                raise
+            return await op(*args)
+
     async def _head(self) -> bytes:
         try:
-            return await self.reader.readuntil(b"\r\n\r\n")
+            return await self._io(self.reader.readuntil, b"\r\n\r\n")
         except asyncio.IncompleteReadError as e:
             raise Incomplete("connection ended inside a response head", e.partial) from None
 
@@ -346,20 +366,20 @@ class RawClient:
                 assert te.lower() == "chunked", te
                 assert cl is None, "both Content-Length and Transfer-Encoding in a response"
                 while True:
-                    size_line = await self.reader.readuntil(b"\r\n")
+                    size_line = await self._io(self.reader.readuntil, b"\r\n")
                     size = int(size_line.split(b";")[0], 16)
                     if size == 0:
-                        assert await self.reader.readuntil(b"\r\n") == b"\r\n", "trailers not expected"
+                        assert await self._io(self.reader.readuntil, b"\r\n") == b"\r\n", "trailers not expected"
                         break
-                    chunk = await self.reader.readexactly(size)
-                    assert await self.reader.readexactly(2) == b"\r\n"
+                    chunk = await self._io(self.reader.readexactly, size)
+                    assert await self._io(self.reader.readexactly, 2) == b"\r\n"
                     response.chunks.append(chunk)
                     body += chunk
             elif cl is not None:
-                body += await self.reader.readexactly(int(cl))
+                body += await self._io(self.reader.readexactly, int(cl))
             else:
-                body += await self.reader.read()  # delimited by the end of the connection
-                while chunk := await self.reader.read(65536):
+                body += await self._io(self.reader.read)  # delimited by the end of the connection
+                while chunk := await self._io(self.reader.read, 65536):
                     body += chunk
         except asyncio.IncompleteReadError as e:
             raise Incomplete("connection ended inside a response body", bytes(body) + e.partial) from None
@@ -374,7 +394,7 @@ class RawClient:
         async with asyncio.timeout(timeout or self.timeout):
             while True:
                 try:
-                    chunk = await self.reader.read(65536)
+                    chunk = await self._io(self.reader.read, 65536)
                 except ConnectionResetError:
                     return bytes(got)
                 if not chunk:

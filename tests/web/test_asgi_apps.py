@@ -26,7 +26,7 @@ from apps import (
     raising_startup_app,
     serving,
 )
-from helpers import data_dir, needs_ipv6  # noqa: F401 - fixture
+from helpers import WAIT, data_dir, needs_ipv6  # noqa: F401 - fixture
 
 import socketkit.web
 from socketkit.errors import SocketkitError
@@ -54,7 +54,7 @@ def _dev_ca_context() -> ssl.SSLContext:
 @needs_httpx
 async def test_scope_over_tcp():
     app = ScopeApp()
-    async with serving(app) as web, httpx.AsyncClient(timeout=5) as client:
+    async with serving(app) as web, httpx.AsyncClient(timeout=WAIT) as client:
         port = port_of(web)
         r = await client.get(f"http://127.0.0.1:{port}/caf%C3%A9/a%20b%2Fc?q=a%20b&x=1&x=2",
                              headers={"X-Custom-Header": "Some Value"})
@@ -118,7 +118,7 @@ async def test_scope_state_is_a_copy_per_request():
 @needs_httpx
 async def test_scope_https_on_a_tls_listener(data_dir):  # noqa: F811
     async with serving(ScopeApp(), "tls://127.0.0.1:0") as web:
-        async with httpx.AsyncClient(verify=_dev_ca_context(), timeout=5) as client:
+        async with httpx.AsyncClient(verify=_dev_ca_context(), timeout=WAIT) as client:
             r = await client.get(f"https://127.0.0.1:{port_of(web)}/secure?a=1")
     scope = r.json()
     assert scope["scheme"] == "https"
@@ -128,7 +128,7 @@ async def test_scope_https_on_a_tls_listener(data_dir):  # noqa: F811
 
 @needs_httpx
 async def test_root_path_is_in_scope_and_prefixes_path():
-    async with serving(ScopeApp(), root_path="/api/") as web, httpx.AsyncClient(timeout=5) as client:
+    async with serving(ScopeApp(), root_path="/api/") as web, httpx.AsyncClient(timeout=WAIT) as client:
         r = await client.get(f"http://127.0.0.1:{port_of(web)}/items/7?x=1")
     scope = r.json()
     # uvicorn >= 0.26: the full path (prefix included) is in `path`, the prefix in `root_path`.
@@ -144,7 +144,7 @@ async def test_unix_socket_listener(tmp_path):
     async with serving(ScopeApp(), f"unix://{sock}") as web:
         assert sock.exists()
         transport = httpx.AsyncHTTPTransport(uds=str(sock))
-        async with httpx.AsyncClient(transport=transport, timeout=5) as client:
+        async with httpx.AsyncClient(transport=transport, timeout=WAIT) as client:
             for i in range(3):  # keep-alive over the Unix socket too
                 r = await client.post(f"http://localhost/unix/{i}", content=b"abc")
                 scope = r.json()
@@ -158,7 +158,7 @@ async def test_unix_socket_listener(tmp_path):
 @needs_ipv6
 @needs_httpx
 async def test_ipv6_loopback_listener():
-    async with serving(ScopeApp(), "tcp://[::1]:0") as web, httpx.AsyncClient(timeout=5) as client:
+    async with serving(ScopeApp(), "tcp://[::1]:0") as web, httpx.AsyncClient(timeout=WAIT) as client:
         port = port_of(web)
         r = await client.get(f"http://[::1]:{port}/six")
     scope = r.json()
@@ -217,7 +217,7 @@ async def test_lifespan_bad_mode_is_refused():
 
 @needs_httpx
 async def test_httpx_async_client_concurrent_requests():
-    async with serving(echo_app) as web, httpx.AsyncClient(timeout=5) as client:
+    async with serving(echo_app) as web, httpx.AsyncClient(timeout=WAIT) as client:
         base = f"http://127.0.0.1:{port_of(web)}"
         results = await asyncio.gather(*(client.post(f"{base}/echo", content=b"n=%d" % i) for i in range(40)))
         assert [r.content for r in results] == [b"n=%d" % i for i in range(40)]
@@ -230,7 +230,7 @@ async def test_httpx_async_client_concurrent_requests():
 async def test_httpx_sync_client_in_a_thread():
     def run(base: str) -> list[tuple[int, bytes]]:
         out = []
-        with httpx.Client(timeout=5) as client:
+        with httpx.Client(timeout=WAIT) as client:
             for i in range(5):
                 r = client.get(f"{base}/sync{i}")
                 out.append((r.status_code, r.content))
@@ -247,7 +247,7 @@ async def test_httpx_sync_client_in_a_thread():
 
 async def test_http_client_keep_alive_and_post():
     def run(port: int) -> list:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
         out = []
         try:
             for i in range(3):
@@ -342,7 +342,7 @@ async def test_starlette_app_end_to_end(tmp_path):
     done = asyncio.Event()
     log: list[str] = []
     app = _starlette_app(done, log)
-    async with serving(app) as web, httpx.AsyncClient(timeout=5) as client:
+    async with serving(app) as web, httpx.AsyncClient(timeout=WAIT) as client:
         base = f"http://127.0.0.1:{port_of(web)}"
         assert log == ["startup"]
 
@@ -373,7 +373,7 @@ async def test_starlette_app_end_to_end(tmp_path):
 
         r = await client.get(f"{base}/background")
         assert r.text == "response first"
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(WAIT):
             await done.wait()
         assert log[-1] == "background"
 
@@ -395,7 +395,7 @@ async def test_starlette_form_upload(tmp_path):
     pytest.importorskip("python_multipart", reason="Starlette's form parsing needs python-multipart")
     app = _starlette_app(asyncio.Event(), [])
     content = os.urandom(200_000)
-    async with serving(app) as web, httpx.AsyncClient(timeout=5) as client:
+    async with serving(app) as web, httpx.AsyncClient(timeout=WAIT) as client:
         r = await client.post(f"http://127.0.0.1:{port_of(web)}/form", data={"name": "report"},
                               files={"file": ("report.bin", content, "application/octet-stream")})
     assert r.json() == {"name": "report", "filename": "report.bin", "size": len(content),
@@ -414,10 +414,15 @@ async def test_starlette_with_curl(tmp_path):
 
         async def curl(*args: str) -> bytes:
             proc = await asyncio.create_subprocess_exec(
-                CURL, "-sS", "--fail", "--max-time", "8", "--http1.1", *args,
+                CURL, "-sS", "--fail", "--max-time", str(WAIT), "--http1.1", *args,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            async with asyncio.timeout(10):
-                out, err = await proc.communicate()
+            try:
+                async with asyncio.timeout(WAIT + 5):
+                    out, err = await proc.communicate()
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
             assert proc.returncode == 0, err
             return out
 
@@ -451,9 +456,9 @@ async def test_app_waiting_on_receive_gets_http_disconnect_when_the_client_goes(
     async with serving(app) as web:
         c = await RawClient.open(port_of(web))
         await c.send(b"GET /events HTTP/1.1\r\nHost: a\r\n\r\n")
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(WAIT):
             await c.reader.readuntil(b"streaming...")
         await c.aclose()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(WAIT):
             message = await got.get()
         assert message == {"type": "http.disconnect"}

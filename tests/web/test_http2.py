@@ -306,7 +306,7 @@ async def test_a_header_block_that_never_ends_times_out():
         loop = asyncio.get_running_loop()
         start = loop.time()
         await c.raw(frame(F.HeadersFrame, 1, data=b"\x82"))  # no END_HEADERS, and nothing after it
-        event = await c.goaway(timeout=3)
+        event = await c.goaway()
         assert event.error_code == ErrorCodes.NO_ERROR and loop.time() - start >= 0.25
 
 
@@ -325,12 +325,12 @@ async def test_oversized_header_lists_and_hpack_tables_are_refused():
 async def test_idle_connections_get_goaway_and_slow_request_bodies_are_reset():
     async with serving(scope_app, limits=Limits(idle_timeout=0.3)) as web:
         async with await H2Client.open(port_of(web)) as c:
-            await c.goaway(timeout=3)
+            await c.goaway()
     # (the connection's idle limit well above the request's: the server's idle sweep would end it first)
     async with serving(scope_app, limits=Limits(idle_timeout=5, request_timeout=0.3)) as web:
         async with await H2Client.open(port_of(web)) as c:
             sid = await c.request("POST", "/", body=b"part", end=False)  # the rest never comes
-            event = await c.until(lambda e: isinstance(e, h2.events.StreamReset), timeout=3)
+            event = await c.until(lambda e: isinstance(e, h2.events.StreamReset))
             assert event.stream_id == sid and event.error_code == ErrorCodes.CANCEL
 
 

@@ -4,7 +4,10 @@ on few connections, and the page sees every asset whole."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -69,7 +72,8 @@ async def test_chromium_loads_a_page_with_many_assets_over_http2(tmp_path):
                 out, _ = await proc.communicate()
         finally:
             if proc.returncode is None:
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # the browser and its renderer, GPU, ... processes
                 await proc.wait()
     assert f'data-report="images={ASSETS} scripts=10"' in out.decode(), out.decode()[-500:]
     pages = [s for s in seen if s[1] == "/" or s[1].startswith(("/img/", "/js/"))]

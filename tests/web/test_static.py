@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from socketkit.web import static as static_mod
-from socketkit.web import static_listing
+from socketkit.web import static_http, static_listing
 from socketkit.web.static import MAX_PATH, StaticFiles
 from socketkit.web.static_http import (
     MAX_RANGES,
@@ -36,6 +36,14 @@ DATA = bytes(i % 251 for i in range(1000))
 OLD_NS = 1_600_000_000 * 10**9 + 123_456_789  # Sun, 13 Sep 2020 12:26:40 GMT
 OLD_DATE = "Sun, 13 Sep 2020 12:26:40 GMT"
 CURL = "/usr/bin/curl"
+WAIT = 10.0
+
+
+def pin_wall_clock(monkeypatch: pytest.MonkeyPatch, now: float) -> None:
+    """The wall clock StaticFiles compares mtimes with (Last-Modified, "changed within the last second"),
+    fixed at `now`: a loaded machine's pause between a write and the request cannot turn a file that was
+    "just changed" into an old one."""
+    monkeypatch.setattr(static_http, "time", type("FixedTime", (), {"time": staticmethod(lambda: now)}))
 
 
 @pytest.fixture
@@ -298,7 +306,7 @@ async def test_range_ignored_for_head_and_empty_files(www):
     assert empty.status == 200 and empty.body == b""
 
 
-async def test_if_range(www):
+async def test_if_range(www, monkeypatch):
     app = StaticFiles(www, cache_valid=0)  # (data.bin changes below: every use checks the disk)
     etag = (await call(app, "/old.bin")).headers["etag"]
     rng = {"Range": "bytes=0-9"}
@@ -317,6 +325,7 @@ async def test_if_range(www):
     # A file modified within the last second has a weak Last-Modified: a date cannot validate it.
     lm = (await call(app, "/data.bin")).headers["last-modified"]
     os.utime(www / "data.bin")
+    pin_wall_clock(monkeypatch, (www / "data.bin").stat().st_mtime + 0.5)
     r = await call(app, "/data.bin", headers={**rng, "If-Range": lm})
     assert r.status == 200
 
@@ -526,7 +535,7 @@ async def test_served_directory_reached_through_a_symlink(www, tmp_path):
 
 async def test_special_files_are_404(www):
     os.mkfifo(www / "fifo")
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(WAIT):
         r = await call(StaticFiles(www), "/fifo")
     assert r.status == 404
     with socket.socket(socket.AF_UNIX) as s:
@@ -741,7 +750,7 @@ async def uvicorn_serving(app):
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(WAIT):
             while not server.started:
                 assert not task.done(), "uvicorn stopped before it started"
                 await asyncio.sleep(0.01)

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import struct
 from pathlib import Path
 
@@ -255,9 +256,13 @@ async def test_client_ping_gets_pong():
 
 
 async def test_server_pings_and_live_client_stays():
-    async with serving(echo_app, ws_ping_interval=0.05, ws_ping_timeout=0.5) as port:
+    # Client and server share this event loop: a pause of the whole process longer than the ping timeout
+    # (a loaded machine) would drop the client whatever it answered, so the timeout is not tiny; the
+    # pause below outlasts it, so a server that did not take the answers as signs of life would have
+    # dropped the client by then.
+    async with serving(echo_app, ws_ping_interval=0.05, ws_ping_timeout=1.0) as port:
         async with connect(port, ping_interval=None) as ws:  # the client answers pings on its own
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(1.3)
             await ws.send("still here")
             assert await ws.recv() == "still here"
 
@@ -279,12 +284,18 @@ async def test_dead_peer_is_dropped():
 
 
 async def test_pong_from_raw_client_keeps_it_alive():
-    async with serving(echo_app, ws_ping_interval=0.05, ws_ping_timeout=0.2) as port:
+    # (a ping timeout a process pause on a loaded machine does not reach: see the test above. Each ping
+    # comes only once the one before it was answered, or after the whole timeout: five in less than
+    # four timeouts were answered by our pongs)
+    async with serving(echo_app, ws_ping_interval=0.05, ws_ping_timeout=1.0) as port:
         reader, writer, _ = await raw_open(port, handshake(KEY))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         for _ in range(5):
             opcode, payload = await asyncio.wait_for(read_frame(reader), WAIT)
             assert opcode == 0x9
             writer.write(frame(0xA, payload))
+        assert loop.time() - start < 4.0, "pings came only after their timeouts: the pongs were not seen"
         writer.write(frame(0x1, b"alive"))
         while True:
             opcode, payload = await asyncio.wait_for(read_frame(reader), WAIT)
@@ -693,12 +704,13 @@ async def test_chromium(tmp_path):
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={tmp_path / 'profile'}", "--remote-debugging-port=0",
             f"http://127.0.0.1:{port}/",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
         )
         try:
             report = json.loads(await asyncio.wait_for(results.get(), 20))
         finally:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the browser and every process it started
             await proc.wait()
     assert report["got"] == ["echo: text from chromium", "1,2,3"]
     assert "permessage-deflate" in report["ext"]
