@@ -203,7 +203,7 @@ class Spawned:
         self.args = args
         self.proc = subprocess.Popen([sys.executable, "-m", "socketkit", *args], stdin=stdin,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or cli_env(),
-                                     cwd=REPO)
+                                     cwd=REPO, start_new_session=True)  # its own group: see kill()
         self._pending = {"stdout": b"", "stderr": b""}
         self.seen = {"stdout": b"", "stderr": b""}
 
@@ -247,9 +247,14 @@ class Spawned:
         return self.proc.returncode, self.seen["stdout"], self.seen["stderr"]
 
     def kill(self) -> None:
+        """Kill it and whatever it started (`--workers`, `--reload`): the whole process group."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is gone already
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(timeout=WAIT)
+        self.proc.wait(timeout=WAIT)
 
     def __enter__(self) -> Spawned:
         return self
