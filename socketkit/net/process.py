@@ -67,7 +67,9 @@ def systemd_sockets(unset: bool = True) -> list[socket.socket]:
 def reserve_ports(endpoints: Sequence[Endpoint]) -> tuple[list[Endpoint], list[socket.socket]]:
     """Give port-0 TCP endpoints a concrete port that every worker can bind with SO_REUSEPORT.
 
-    The returned placeholder sockets hold the port until the workers have bound it; close them then.
+    The returned placeholder sockets hold the port for as long as they are open: keep them until the
+    workers are done (bound, never listening, they take no connections), so that no other socket can get
+    the port before every worker has bound it.
     """
     out, holders = [], []
     for ep in endpoints:
@@ -83,8 +85,7 @@ def reserve_ports(endpoints: Sequence[Endpoint]) -> tuple[list[Endpoint], list[s
     return out, holders
 
 
-def run_workers(count: int, worker: Callable[[int], int | None], *, on_started: Callable[[], None] | None = None
-                ) -> int:
+def run_workers(count: int, worker: Callable[[int], int | None]) -> int:
     """Fork `count` workers running `worker(index)`; forward SIGINT/SIGTERM; wait for all of them.
 
     Returns the worst exit status. Must be called before any event loop runs in this process.
@@ -103,8 +104,6 @@ def run_workers(count: int, worker: Callable[[int], int | None], *, on_started: 
             finally:
                 os._exit(code)
         children[pid] = index
-    if on_started is not None:
-        on_started()
 
     def forward(signum: int, _frame: object) -> None:
         for pid in list(children):

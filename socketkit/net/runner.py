@@ -79,7 +79,11 @@ def run_server(
         run(main(tcp, shared, True), loop=loop)
         return 0
 
-    return process.run_workers(workers, worker, on_started=lambda: [h.close() for h in holders])
+    try:
+        return process.run_workers(workers, worker)
+    finally:
+        for holder in holders:
+            holder.close()
 
 
 def _bind_unix(eps: Sequence[Endpoint]) -> list[socket.socket]:
