@@ -332,7 +332,9 @@ async def vnc_answers(endpoint: str = DEFAULT_VNC, timeout: float = 1.0) -> bool
 async def start_desktop_for_up(host: str, listen_url: str | None = None, *, vnc: str = DEFAULT_VNC):
     """For `socketkit up`: (servers, notes, details). With no VNC server on `vnc`, no listener: a note says
     how to start one (the viewer would have nothing to show)."""
-    if not await vnc_answers(vnc):
+    # (A refused connection answers at once; the time only matters for a VNC server slow to greet, such as
+    # x11vnc on a busy machine, which must not be reported absent.)
+    if not await vnc_answers(vnc, timeout=3.0):
         notes = [f"no VNC server answers on {vnc}; start one, e.g. `x11vnc -localhost -display :0` "
                  "(or Xvfb :1 & x11vnc -localhost -display :1), then restart socketkit up"]
         return [], notes, None
