@@ -88,9 +88,11 @@ def status(ctx: UpContext) -> list[dict[str, object]]:
             details = {k: v for k, v in r.details().items() if not isinstance(v, dict)}
             # "units": the requests, messages, transfers or commands a service counts, charted per second
             row["units"] = details.pop("units", 0)
+            # "dropped": clients the service closed for breaking a limit (a chat flood), charted as problems
+            row["dropped"] = details.pop("dropped", 0)
             row["details"] = details
         else:
-            row["units"] = 0
+            row["units"] = row["dropped"] = 0
         out.append(row)
     return out
 
@@ -158,7 +160,7 @@ async def _start_chat(ctx: UpContext) -> list[Server]:
     from socketkit.dashboard.events import emit
 
     chat.core.observer = lambda kind, **fields: emit(kind, service="chat", **fields)
-    ctx.details["chat"] = lambda: {"units": chat.core.lines, "users": len(chat.core.nicks),
+    ctx.details["chat"] = lambda: {"units": chat.core.lines, "dropped": chat.dropped, "users": len(chat.core.nicks),
                                    "channels": len(chat.core.channels)}
     ctx.connections["chat"] = lambda: _chat_connections(chat)
     ctx.closers_by_id["chat"] = lambda conn_id: _close_chat(chat, conn_id)

@@ -242,7 +242,7 @@ class ChatCore:
                 if self.observer is not None:
                     self.observer("flood: disconnected", nick=c.nick or "*", host=c.host,
                                   limit=f"flood_queue={self.limits.flood_queue}")
-                self.drop(c, "Excess Flood")
+                self.drop(c, "Excess Flood", broke_limit=True)
             else:
                 if c.queue is None:
                     c.queue = deque()
@@ -444,7 +444,8 @@ class ChatCore:
         """IRCv3 standard-replies: FAIL <command> <code> [<context>...] :<description>."""
         self.reply(c, "FAIL", command, code, *context, text)
 
-    def drop(self, c: Client, reason: str, *, error: bool = True, quit_message: str | None = None) -> None:
+    def drop(self, c: Client, reason: str, *, error: bool = True, quit_message: str | None = None,
+             broke_limit: bool = False) -> None:
         """Close `c`: ERROR line and Close (unless the socket is already gone), QUIT to its channels."""
         if c.closed:
             return
@@ -455,7 +456,7 @@ class ChatCore:
         if error:
             line = Message({}, None, "ERROR", [_last(f"Closing Link: {c.host} ({reason})")]).format(trailing=True)
             self.send(c, line)
-            self._out.append(Close(c.cid, reason))
+            self._out.append(Close(c.cid, reason, broke_limit))
         if c.registered:
             peers = self.peers(c)
             if peers:

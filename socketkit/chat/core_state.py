@@ -82,6 +82,7 @@ class Close:
 
     cid: Any
     reason: str
+    broke_limit: bool = False  # the client broke a limit (a flood): the service counts it as a problem
 
 
 @dataclass(frozen=True, slots=True)

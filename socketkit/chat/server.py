@@ -141,6 +141,7 @@ class ChatService:
         self.core = ChatCore(server_name=cfg.server_name, network=cfg.network, motd=cfg.motd, limits=cfg.limits,
                              history=history, sasl=cfg.sasl, queue_output=True, utf8_only=cfg.utf8_only)
         self.outlets: dict[int, Any] = {}   # cid -> IRCConnection or WebSocketOutlet
+        self.dropped = 0  # clients closed for breaking a limit: Excess Flood, SendQ exceeded
         self._ids = itertools.count(1)
         self._ticker: asyncio.Task[None] | None = None
         self._auth_tasks: set[asyncio.Task[None]] = set()
@@ -215,6 +216,8 @@ class ChatService:
             if kind is Close:
                 outlet = self.outlets.pop(item.cid, None)
                 if outlet is not None:
+                    if item.broke_limit:
+                        self.dropped += 1
                     if outlet.client is not None:
                         self._write_now(outlet, outlet.client)  # its last lines (ERROR) first
                     outlet.close()
@@ -262,6 +265,7 @@ class ChatService:
             if outlet is not None:
                 log.info("chat client %s did not read: SendQ exceeded", c.cid)
                 c.sink = None
+                self.dropped += 1
                 outlet.abort()  # what it has not read it never will: no flush, a reset
                 self.dispatch(self.core.disconnect(c.cid, "SendQ exceeded"))
 

@@ -62,7 +62,7 @@ class Dashboard:
             readings[row["name"]] = {
                 "open": row.get("open", 0), "accepted": row.get("accepted", 0), "units": row.get("units", 0),
                 "bytes_in": row.get("bytes_in", 0), "bytes_out": row.get("bytes_out", 0),
-                "problems": row.get("errors", 0) + row.get("refused", 0),
+                "problems": row.get("errors", 0) + row.get("refused", 0) + row.get("dropped", 0),
             }
         self.series.sample(now, readings)
         self.watch.sample([s for r in self.runnings() for s in r.servers], asyncio.get_running_loop().time())

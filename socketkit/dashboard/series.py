@@ -21,7 +21,7 @@ FIGURES = (
     ("units", "requests or messages/s", True),
     ("bytes_in", "bytes in/s", True),
     ("bytes_out", "bytes out/s", True),
-    ("problems", "errors and refusals/s", True),
+    ("problems", "errors, refusals and drops/s", True),
 )
 
 

@@ -302,7 +302,7 @@ def test_excess_flood_closes():
     net.clock.advance(10)
     out = net.send("alice", *["PRIVMSG #r :spam"] * 16)
     assert net.closed["alice"] == "Excess Flood"
-    assert Close("alice", "Excess Flood") in out
+    assert Close("alice", "Excess Flood", broke_limit=True) in out
     assert net.lines("bob")[-1] == ":alice!~alice@127.0.0.1 QUIT :Excess Flood"
     assert sum(1 for line in net.lines("bob") if "PRIVMSG" in line) == 5
 

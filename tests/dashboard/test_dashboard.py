@@ -12,6 +12,7 @@ from email.message import EmailMessage
 
 import httpx
 import pytest
+from helpers import WAIT
 from prometheus_client.parser import text_string_to_metric_families
 
 from socketkit import up
@@ -184,6 +185,42 @@ async def test_socketkit_status_reads_a_running_up_through_its_socket(tmp_path):
             assert "service" in text and "echo" in text
         finally:
             await server.aclose(drain=0)
+
+
+def _flood_until_closed(port: int) -> bytes:
+    """Register on the chat service and flood a channel far past its queue; what came back until EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as s:
+        s.sendall(b"NICK flooder\r\nUSER f 0 * :f\r\n")
+        got = b""
+        while b" 001 " not in got:
+            chunk = s.recv(65536)
+            assert chunk, got
+            got += chunk
+        s.sendall(b"JOIN #f\r\n" + b"PRIVMSG #f :spam\r\n" * 2000)
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            got += chunk
+    return got
+
+
+async def test_a_chat_flood_disconnection_shows_as_a_problem(tmp_path):
+    """The errors-and-refusals chart counts the clients a service closed for breaking a limit (Excess
+    Flood), not only refused connections and handler errors."""
+    async with running_up(tmp_path) as ctx:
+        got = await asyncio.to_thread(_flood_until_closed, port_of(ctx, "chat"))
+        assert b"Excess Flood" in got
+        chat = next(r for r in up.status(ctx) if r["name"] == "chat")
+        assert chat["dropped"] == 1
+        async with httpx.AsyncClient(base_url=base(ctx), timeout=WAIT) as web:
+            async def counted():
+                series = (await web.get("/api/series")).json()
+                return max((v or 0) for v in series["services"].get("chat", {}).get("problems", [0])) > 0
+            await wait_until(counted, "the flood disconnection in the chat's problems series")
 
 
 async def _call(app: DashboardApp, client: str, path: str, query: bytes = b"", headers=()) -> tuple[int, dict]:
