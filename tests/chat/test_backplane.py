@@ -239,6 +239,12 @@ def knows(node: Node, nick: str) -> bool:
     return x is not None and x.remote is not None
 
 
+def channel_modes(node: Node, name: str) -> str:
+    """The modes `node` holds for channel `name`; "" while it does not know the channel (yet)."""
+    ch = node.core.lookup_channel(name)
+    return "" if ch is None else "".join(ch.modes)
+
+
 def bob_cid(node: Node) -> Any:
     return next(x.cid for x in node.core.clients.values() if x.nick == "bob")
 

@@ -13,6 +13,7 @@ from test_backplane import (  # noqa: F401 - the fixtures are used by name
     Redis,
     _clean,
     both_join,
+    channel_modes,
     join,
     knows,
     nodes,
@@ -51,7 +52,7 @@ async def test_invite_used_on_one_node_cannot_be_used_again_on_another(redis: Re
         await join(alice, "#x")
         await alice.send("MODE #x +i")
         await alice.expect("MODE")
-        await wait_for(lambda: knows(a, "carol") and "i" in b.core.lookup_channel("#x").modes,
+        await wait_for(lambda: knows(a, "carol") and "i" in channel_modes(b, "#x"),
                        what="A knowing carol, B knowing #x is +i")
         await alice.send("INVITE carol #x")
         await carol.expect("INVITE")
@@ -115,7 +116,7 @@ async def test_a_record_adopted_at_resync_is_rewritten_for_later_nodes(redis: Re
             await alice.send("MODE #x +i")  # B does not hear of it now
             await alice.expect("MODE")
             redis.start()
-            await wait_for(lambda: "i" in b.core.lookup_channel("#x").modes, what="B adopting +i at the resync")
+            await wait_for(lambda: "i" in channel_modes(b, "#x"), what="B adopting +i at the resync")
             a_open = False
             await cm_a.__aexit__(None, None, None)  # A leaves the network (bye)
             await wait_for(lambda: b.core.lookup_nick("alice") is None, what="B forgetting alice")
