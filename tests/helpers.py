@@ -65,19 +65,32 @@ async def echo(stream: Stream) -> None:
 
 
 # -- waiting ----------------------------------------------------------------------------------------
+# What a polled predicate raises when what it looks at is not there yet (an attribute of None, a key or an
+# item not yet added, next() on nothing yet): the wait goes on, and reports the last one if it times out.
+NOT_YET = (AttributeError, LookupError, StopIteration)
+
+
 async def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, *, interval: float = 0.005,
                    what: str | None = None) -> Any:
-    """Poll `predicate` (sync or async) until it returns something truthy; fail after `timeout`."""
+    """Poll `predicate` (sync or async) until it returns something truthy; fail after `timeout`.
+
+    A predicate that looks at something not there yet (None, a missing key, an empty `next()`) counts as
+    not yet true: see NOT_YET."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    missing: BaseException | None = None
     while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
+        try:
+            value = predicate()
+            if inspect.isawaitable(value):
+                value = await value
+        except NOT_YET as e:
+            value, missing = None, e
         if value:
             return value
         if loop.time() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or _describe(predicate)}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or _describe(predicate)}"
+                                 + (f" (last: {missing!r})" if missing is not None else "")) from missing
         await asyncio.sleep(interval)
 
 
@@ -102,12 +115,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float = WAIT, *, interval:
                what: str | None = None) -> Any:
     """Blocking twin of wait_for, for tests that drive subprocesses."""
     deadline = time.monotonic() + timeout
+    missing: BaseException | None = None
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except NOT_YET as e:
+            value, missing = None, e
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or _describe(predicate)}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or _describe(predicate)}"
+                                 + (f" (last: {missing!r})" if missing is not None else "")) from missing
         time.sleep(interval)
 
 
