@@ -343,15 +343,33 @@ class _Session:
         conn, stream = self.conn, self.stream
         await stream.send(conn.greeting())
         while not conn.closed:
+            between = self.data_deadline is None  # between commands, not inside a DATA block
+            if between:
+                if stream.stopping:  # the server stops: a 421 at the next command boundary
+                    await self._send(conn.abort("Service shutting down"))
+                    return
+                stream.when_stopping = self._stop_idle
             try:
                 data = await stream.receive(65536, timeout=self._timeout())
             except DeadlineError:
                 await self._send(conn.abort("Error: timeout exceeded"))
                 log.info("mail: %s timed out", self.peer)
                 return
+            finally:
+                if between:
+                    stream.when_stopping = None
             if not data:
                 return
             await self._handle(conn.receive(data))
+
+    def _stop_idle(self) -> None:
+        """The server stops while the client is between commands: 421 and close now (RFC 5321 3.8), unless
+        part of a command has come in (it is answered first; the loop then ends with the 421)."""
+        stream, conn = self.stream, self.conn
+        if conn._buf or stream._buf or stream._handoff is not None:
+            return
+        stream.send_nowait(conn.abort("Service shutting down"))
+        stream.close()
 
     def _timeout(self) -> float:
         timeout = self.config.command_timeout

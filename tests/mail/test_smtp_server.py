@@ -444,6 +444,49 @@ async def test_too_many_errors_close_the_session(tmp_path: Path):
     assert codes(transcript) == [220, 500, 500, 421]
 
 
+async def test_stopping_says_421_to_an_idle_client_at_once_and_lets_a_message_in_progress_finish(tmp_path):
+    """A stopping server ends a session waiting between commands with a 421 right away (RFC 5321 3.8)
+    instead of holding its drain for it; a client inside DATA still gets its message accepted, then the
+    421."""
+
+    def open_session(port: int) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        s.recv(4096)  # the greeting
+        s.sendall(b"EHLO client.test\r\n")
+        got = b""
+        while not re.search(rb"(?m)^250 ", got):
+            got += s.recv(4096)
+        return s
+
+    def read_until(s: socket.socket, code: bytes) -> bytes:
+        got = b""
+        while not re.search(rb"(?m)^" + code + rb" [^\r\n]*\r\n", got):
+            chunk = s.recv(4096)
+            assert chunk, got
+            got += chunk
+        return got
+
+    async with mail_server(tmp_path) as mail:
+        port = port_of(mail)
+        idle = await asyncio.to_thread(open_session, port)
+        busy = await asyncio.to_thread(open_session, port)
+        try:
+            busy.sendall(b"MAIL FROM:<alice@sender.test>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n")
+            await asyncio.to_thread(read_until, busy, b"354")
+            stopping = asyncio.create_task(mail.aclose(drain=60))  # far longer than the test's waits
+            idle_end = await asyncio.to_thread(read_to_end, idle)
+            assert re.match(rb"421 4\.4\.2 \S+ Service shutting down\r\n$", idle_end), idle_end
+            assert not stopping.done()  # the message in progress holds the stop
+            busy.sendall(MESSAGE + b".\r\n")
+            busy_end = await asyncio.to_thread(read_to_end, busy)
+            assert codes(busy_end) == [250, 421], busy_end
+            await asyncio.wait_for(stopping, WAIT)
+        finally:
+            idle.close()
+            busy.close()
+    assert len(delivered(tmp_path)) == 1
+
+
 async def test_command_timeout_closes_with_421(tmp_path: Path):
     async with mail_server(tmp_path, command_timeout=0.3) as mail:
         def client():
