@@ -255,7 +255,7 @@ class Stream(FramedReads, Lifecycle):
     async def _fill(self, timeout: float | None) -> None:
         """Wait until more bytes arrive (or EOF / error)."""
         d = self._driver
-        if self._read_waiter is not None or (d is not None and d.parked and not d.stepping):
+        if self._receiving() or (d is not None and d.parked and not d.stepping):
             raise RuntimeError("another task is already receiving on this stream")
         if d is not None and d.stepping and timeout is None and self._deadline is None:
             if self._reading_paused:
@@ -277,7 +277,15 @@ class Stream(FramedReads, Lifecycle):
         try:
             await self._wait(fut, timeout, "receive")
         finally:
-            self._read_waiter = None
+            if self._read_waiter is fut:  # (a reader that came after our cancellation has its own)
+                self._read_waiter = None
+
+    def _receiving(self) -> bool:
+        """Another task waits in receive. One that was cancelled does not count: its future is done at
+        once, though the task has yet to run (an ASGI app that cancels its disconnect watcher and returns,
+        then the server reading the next request)."""
+        w = self._read_waiter
+        return w is not None and not w.done()
 
     def _consumed(self) -> None:
         if self._reading_paused and len(self._buf) <= self._high_read // 2 and not self._lost:
@@ -297,7 +305,7 @@ class Stream(FramedReads, Lifecycle):
                     and not self._reading_paused:
                 if self._closing:
                     raise self._failure()
-                if self._read_waiter is not None:
+                if self._read_waiter is not None and self._receiving():
                     raise RuntimeError("another task is already receiving on this stream")
                 await PARK  # the common case, kept inline: see socketkit.net.driver
                 data = self._handoff
@@ -335,7 +343,8 @@ class Stream(FramedReads, Lifecycle):
                     if self._closing or self._read_waiter is not None:
                         if self._closing:
                             raise self._failure()
-                        raise RuntimeError("another task is already receiving on this stream")
+                        if self._receiving():
+                            raise RuntimeError("another task is already receiving on this stream")
                     await PARK
                     data = self._handoff
                     if data is not None:

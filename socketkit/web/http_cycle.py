@@ -169,7 +169,7 @@ class Cycle:
 
     __slots__ = ("handler", "stream", "conn", "request", "scope", "events", "index", "body_done",
                  "started", "head_sent", "complete", "status", "headers", "disconnected", "response_done",
-                 "ready", "sent")
+                 "ready", "sent", "reader")
 
     # No __init__: HTTPHandler.__call__ makes each one with object.__new__ and sets every slot itself,
     # once per request. What they hold:
@@ -189,6 +189,7 @@ class Cycle:
     status: int
     headers: Any
     response_done: asyncio.Future[None] | None  # set when something waits for the response to end
+    reader: asyncio.Task[bytes] | None  # _wait_disconnect's read; only ever set there (unset before)
     sent: int  # body bytes sent (the access log's size)
 
     def failed(self, exc: Exception) -> None:
@@ -206,8 +207,30 @@ class Cycle:
         self._fail("the application sent no complete response")
 
     def ended(self) -> None:
+        """The app returned (the handler calls this only when something waited for the response)."""
         if self.response_done is not None and not self.response_done.done():
             self.response_done.set_result(None)
+        # A disconnect watcher the app cancelled has not run since: its read is ended here, before the
+        # handler reads the next request (two readers at once would be refused).
+        if getattr(self, "reader", None) is not None:
+            self._end_reader()
+
+    def _end_reader(self) -> bytes | None:
+        """End _wait_disconnect's read, once: None when it was still waiting (cancelled now, so the stream
+        has no reader left), else what it read (b"" when the connection ended; a pipelined request's
+        bytes go back to the stream)."""
+        reader, self.reader = self.reader, None
+        if reader is None:
+            return None
+        if not reader.done():
+            reader.cancel()  # its future is cancelled at once: the stream sees no reader from now on
+            return None
+        if reader.cancelled():
+            return None
+        data = b"" if reader.exception() is not None else reader.result()
+        if data:
+            self.stream.unreceive(data)
+        return data
 
     def _fail(self, why: str) -> None:
         if self.stream.closed:
@@ -282,32 +305,23 @@ class Cycle:
         loop = asyncio.get_running_loop()
         if self.response_done is None:
             self.response_done = loop.create_future()
-        reader = loop.create_task(self.stream.receive())
+        reader = self.reader = loop.create_task(self.stream.receive())
         try:
             await asyncio.wait({reader, self.response_done}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if not reader.done():
-                reader.cancel()
-                try:
-                    await reader
-                except BaseException:  # noqa: BLE001 - cancelled on purpose
-                    pass
-        if reader.done() and not reader.cancelled():
-            exc = reader.exception()
-            data = reader.result() if exc is None else b""
-            if data:
-                # The next pipelined request, not a goodbye: keep it for later, and read no further
-                # (one read ahead at most) -- wait for our response to end or the connection to drop.
-                self.stream.unreceive(data)
-                lost = loop.create_task(self.stream.wait_lost())
-                try:
-                    await asyncio.wait({lost, self.response_done}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    lost.cancel()
-                if self.stream.closed:
-                    self.disconnected = True
-            else:
+            data = self._end_reader() if self.reader is reader else None  # (ended() may have ended it)
+        if data:
+            # The next pipelined request, not a goodbye: kept for later (_end_reader gave it back), and no
+            # further reads (one read ahead at most) -- wait for our response to end or the connection to drop.
+            lost = loop.create_task(self.stream.wait_lost())
+            try:
+                await asyncio.wait({lost, self.response_done}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                lost.cancel()
+            if self.stream.closed:
                 self.disconnected = True
+        elif data is not None:
+            self.disconnected = True
         return _DISCONNECT
 
     # -- ASGI send ----------------------------------------------------------------------------------

@@ -389,6 +389,32 @@ async def test_idle_keep_alive_connection_is_closed_after_idle_timeout():
         assert took > 0.3, took
 
 
+async def test_an_app_that_cancels_its_disconnect_watcher_leaves_the_connection_usable():
+    """A streaming app (server-sent events, say) watches for http.disconnect in a task of its own, then
+    cancels it and returns. The cancelled task's read must not count as a reader still there when the
+    server reads the connection's next request ("another task is already receiving")."""
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+
+        async def watch():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        watcher = asyncio.ensure_future(watch())
+        for _ in range(5):  # the watcher takes the (empty) body, then waits on the socket
+            await asyncio.sleep(0)
+        await send({"type": "http.response.body", "body": b"streamed", "more_body": True})
+        watcher.cancel()
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serving(app) as web, await RawClient.open(port_of(web)) as c:
+        for _ in range(3):
+            r = await c.request("GET", "/events")
+            assert (r.status, r.body) == (200, b"streamed")
+
+
 # -- stopping -------------------------------------------------------------------------------------------
 
 
