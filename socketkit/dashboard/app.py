@@ -187,6 +187,8 @@ class DashboardApp:
                 async with asyncio.timeout(self.live_timeout):  # a client that does not read is dropped
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 ticked = await self.dash.next_tick(5.0)
+                if self.dash.stopped:
+                    break  # no more ticks: the stream ends (it must not hold the web server's drain)
                 parts = []
                 if ticked:
                     parts.append(b"event: tick\ndata: " + json.dumps(self.dash.latest()).encode() + b"\n\n")

@@ -31,7 +31,8 @@ class Dashboard:
         self.watch = SocketWatch()
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
-        self._ticks: set[asyncio.Future[None]] = set()
+        self._ticks: set[asyncio.Future[bool]] = set()
+        self._stopped = False
         self.started = time.time()
 
     async def start(self) -> None:
@@ -39,6 +40,7 @@ class Dashboard:
         self._task = asyncio.create_task(self._run(), name="socketkit dashboard")
 
     async def aclose(self) -> None:
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             try:
@@ -46,6 +48,9 @@ class Dashboard:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        for fut in list(self._ticks):  # no more ticks: whoever waits for one (a live stream) goes on now
+            if not fut.done():
+                fut.set_result(False)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -68,14 +73,20 @@ class Dashboard:
         self.watch.sample([s for r in self.runnings() for s in r.servers], asyncio.get_running_loop().time())
         for fut in list(self._ticks):
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(True)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
 
     async def next_tick(self, timeout: float) -> bool:
+        """Wait (at most `timeout`) for the next sample: True when it came, False on time-out or stop."""
+        if self._stopped:
+            return False
         fut = asyncio.get_running_loop().create_future()
         self._ticks.add(fut)
         try:
-            await asyncio.wait_for(fut, timeout)
-            return True
+            return await asyncio.wait_for(fut, timeout)  # True: a new sample; False: the dashboard stopped
         except TimeoutError:
             return False
         finally:

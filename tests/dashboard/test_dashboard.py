@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import smtplib
 import socket
 from collections.abc import AsyncIterator
@@ -221,6 +222,33 @@ async def test_a_chat_flood_disconnection_shows_as_a_problem(tmp_path):
                 series = (await web.get("/api/series")).json()
                 return max((v or 0) for v in series["services"].get("chat", {}).get("problems", [0])) > 0
             await wait_until(counted, "the flood disconnection in the chat's problems series")
+
+
+async def test_stopping_up_ends_open_live_streams_at_once(tmp_path, caplog):
+    """An open dashboard tab (its /api/live event stream) must not hold `socketkit up`'s stop for the
+    drain: the stream ends, and the connection it leaves idle closes, without a handler error."""
+    caplog.set_level(logging.ERROR)
+    ctx = up.UpContext(dashboard_interval=0.2, overrides={"web": ["tcp://127.0.0.1:0"]})
+    await up.start_all(ctx, {"web"})
+    stopped = False
+    try:
+        async with httpx.AsyncClient(base_url=base(ctx), timeout=WAIT) as web:
+            async with web.stream("GET", "/api/live") as live:
+                lines = live.aiter_lines()
+                async with asyncio.timeout(WAIT):
+                    while "event: tick" not in await anext(lines):
+                        pass
+                stop = asyncio.create_task(up.stop_all(ctx, drain=60))  # far longer than the test's waits
+                # The stream waits at most 5 s for a tick that a stopped dashboard never sends: it must not.
+                async with asyncio.timeout(4.5):
+                    async for _ in lines:  # to the stream's end
+                        pass
+                await asyncio.wait_for(stop, WAIT)
+                stopped = True
+    finally:
+        if not stopped:
+            await up.stop_all(ctx, drain=0)
+    assert not [r for r in caplog.records if "handler failed" in r.getMessage()], caplog.text
 
 
 async def _call(app: DashboardApp, client: str, path: str, query: bytes = b"", headers=()) -> tuple[int, dict]:
