@@ -91,6 +91,9 @@ class Session(FrameSide):
 
     # -- the application ------------------------------------------------------------------------
     async def run(self) -> None:
+        # A WebSocket lives as long as its peer likes: a stopping server says so (1001, going away) at once
+        # instead of waiting out its drain; the app gets websocket.disconnect once the peer answers.
+        self.stream.when_stopping = self._server_stopping
         try:
             await self.handler.app(self.scope, self.receive, self.send)
         except Exception as exc:
@@ -107,7 +110,12 @@ class Session(FrameSide):
             elif self.ws is not None and self.ws.state is _OPEN_STATE:
                 self._start_close(1000, "")
         finally:
+            self.stream.when_stopping = None
             await self.stop_frames()
+
+    def _server_stopping(self) -> None:
+        if self.ws is not None and self.ws.state is _OPEN_STATE:
+            self._start_close(1001, "server shutting down")
 
     def _app_failed(self, exc: Exception) -> None:
         if self.state == _CONNECTING:

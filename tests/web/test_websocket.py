@@ -384,6 +384,31 @@ async def test_server_shutdown_ends_open_websockets(caplog):
     assert_no_server_errors(caplog)
 
 
+async def test_a_stopping_server_says_going_away_at_once_instead_of_waiting_its_drain(caplog):
+    """An open WebSocket owes nothing to finish: a stopping server starts the close handshake (1001) right
+    away, the app sees websocket.disconnect, and the stop does not wait out a long drain."""
+    log: asyncio.Queue = asyncio.Queue()
+    web = await socketkit.web.start(recording_app(log), ["tcp://127.0.0.1:0"])
+    port = web.server.endpoints[0].port
+    stopping = None
+    try:
+        async with connect(port) as ws:
+            await log.get()
+            stopping = asyncio.create_task(web.aclose(drain=60))  # far longer than the test's waits
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), WAIT)
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1001, "server shutting down")
+            message = await asyncio.wait_for(log.get(), WAIT)
+            assert message["type"] == "websocket.disconnect" and message["code"] == 1001
+            await asyncio.wait_for(stopping, WAIT)
+    finally:
+        if stopping is None or not stopping.done():
+            if stopping is not None:
+                stopping.cancel()
+            await web.aclose(drain=0)
+    assert_no_server_errors(caplog)
+
+
 async def test_lifespan_state_in_scope():
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
