@@ -63,6 +63,27 @@ def pytest_configure(config):
 
     config._socketkit_data = tempfile.mkdtemp(prefix="socketkit-test-data-")
     os.environ["SOCKETKIT_DATA"] = config._socketkit_data
+    _isolate_ssh_home(os.path.join(config._socketkit_data, "home"))
+
+
+def _isolate_ssh_home(home: str) -> None:
+    """socketkit's SSH server starts a session's shell in the account's home, and bash then reads ~/.bashrc
+    (as under sshd). This machine's own startup files must neither slow the tests down nor decide them:
+    root's runs `pyenv rehash`, which waits up to a minute on a lock that a shell killed mid-rehash (a
+    test that hangs up a session) leaves behind. So in tests the account the server logs people in as has
+    a scratch home, as fanout_support's sshd gets with `SetEnv HOME`. A test that needs the real
+    ~/.ssh/authorized_keys could not have it anyway: nothing here may read the user's real files."""
+    import dataclasses
+
+    from socketkit.remote import auth
+
+    os.makedirs(home, exist_ok=True)
+    real = auth.Account.current
+
+    def current() -> auth.Account:
+        return dataclasses.replace(real(), home=home)
+
+    auth.Account.current = staticmethod(current)  # type: ignore[method-assign]
 
 
 def pytest_unconfigure(config):

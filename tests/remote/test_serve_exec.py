@@ -26,7 +26,6 @@ from sshsupport import (
 from socketkit.remote.server import RemoteConfig, RemoteError, serve_remote, start_remote
 
 pytestmark = pytest.mark.usefixtures("openssh")
-HOME = os.path.expanduser("~" + current_user())
 
 
 @pytest.fixture
@@ -60,7 +59,8 @@ async def test_exit_status_environment_and_separate_stderr(tmp_path):
         assert res.err == b"err"
         env = dict(line.split("=", 1) for line in res.text.splitlines()[1:] if "=" in line)
         assert res.text.startswith("out\n")
-        assert env["PWD"] == HOME and env["HOME"] == HOME
+        home = s.remote.account.home  # (a scratch home in tests: see tests/conftest.py)
+        assert env["PWD"] == home and env["HOME"] == home
         assert env["USER"] == env["LOGNAME"] == current_user()
         assert env["SHELL"] and env["PATH"]
         client_ip, client_port, server_port = env["SSH_CLIENT"].split()

@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from sshsupport import current_user, remote_path, require_openssh, run, serving
+from sshsupport import remote_path, require_openssh, run, serving
 
 pytestmark = pytest.mark.usefixtures("openssh")
-HOME = os.path.expanduser("~" + current_user())
 
 
 @pytest.fixture
@@ -25,7 +24,7 @@ async def test_sftp_put_and_get_exit_zero_and_home_as_start(tmp_path):
                  f"get {tmp_path}/remote.bin {tmp_path}/down.bin\nls -l {tmp_path}/remote.bin\n").encode()
         res = await run(s.sftp(), input=batch, timeout=60)
         assert res.rc == 0, res.errtext  # OpenSSH 9's sftp wants the server's exit status 0
-        assert f"Remote working directory: {HOME}" in res.text
+        assert f"Remote working directory: {s.remote.account.home}" in res.text
         assert (tmp_path / "remote.bin").read_bytes() == data
         assert (tmp_path / "down.bin").read_bytes() == data
         assert s.records("sftp")
