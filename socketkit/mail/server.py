@@ -366,7 +366,7 @@ class _Session:
         """The server stops while the client is between commands: 421 and close now (RFC 5321 3.8), unless
         part of a command has come in (it is answered first; the loop then ends with the 421)."""
         stream, conn = self.stream, self.conn
-        if conn._buf or stream._buf or stream._handoff is not None:
+        if conn._buf or stream.unread:
             return
         stream.send_nowait(conn.abort("Service shutting down"))
         stream.close()

@@ -203,6 +203,11 @@ class Stream(FramedReads, Lifecycle):
     def at_eof(self) -> bool:
         return self._eof and not self._buf
 
+    @property
+    def unread(self) -> bool:
+        """Bytes have arrived that no receive() has taken yet (buffered, or handed to a parked handler)."""
+        return bool(self._buf) or self._handoff is not None
+
     def extra(self, name: str, default: Any = None) -> Any:
         return self._transport.get_extra_info(name, default)
 

@@ -153,7 +153,7 @@ class HTTPHandler:
             """The server stops while this connection waits between requests: close it now, unless a
             request has come in that the handler has yet to take (it is answered, then the connection
             ends: `stream.stopping`)."""
-            if not stream._buf and stream._handoff is None:
+            if not stream.unread:
                 stream.close()
 
         quick = None

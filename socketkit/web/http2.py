@@ -140,7 +140,7 @@ class H2Connection:
         """The server stops while nothing is asked on this connection: say GOAWAY and close it now,
         unless bytes have come in that the loop has yet to read (it ends once their requests are done)."""
         stream = self.stream
-        if not stream._buf and stream._handoff is None:
+        if not stream.unread:
             self._goaway()
             stream.close()
 
